@@ -1,0 +1,437 @@
+"""The driver: forks the workers, runs the source, and supervises.
+
+The driver owns the job's lifecycle. It polls the source and deals the
+records out in numbered ticks (tick ``t`` to worker ``t % N``), keeps
+at most ``window`` ticks in flight so that a fast source cannot make
+memory grow, runs the single-instance sink as the final stage, and
+turns every way a job can end (end of stream, stop, Ctrl-C, a user
+error, a dead worker) into workers that are gone and a clear result or
+exception. It does no per-record work besides polling the source and
+the final stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiprocess
+
+from . import _protocol as P
+from ._plan import Plan
+from ._snapshot import Batch, freeze_into, thaw
+from ._stage import StageFailure, StageInstance
+from ._transport import DRIVER, PipeSet
+from ._worker import WorkerOptions, run_worker
+from .errors import (
+    FailureReport,
+    JobFailed,
+    UserFunctionError,
+    WorkerDied,
+)
+from .functions import StopSignal
+
+__all__ = ["Driver", "JobResult", "RunOptions"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    """Engine settings of one job (see LocalEnvironment for meanings)."""
+
+    workers: int
+    batch_size: int = 1000
+    linger: float = 0.005
+    window: int = 0  # 0: 4 ticks per worker, at least 8
+    error_policy: str = "fail"
+    dead_letter_path: str | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.window or max(8, 4 * self.workers)
+
+
+@dataclass
+class JobResult:
+    """What a finished job did. Returned by ``submit(autostop=True)``."""
+
+    name: str
+    workers: int
+    wall_time: float
+    records: int
+    operators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    worker_stats: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    dead_letter_path: str | None = None
+    stopped: bool = False
+
+    @property
+    def throughput(self) -> float:
+        """Source records per second of wall time."""
+        return self.records / self.wall_time if self.wall_time > 0 else 0.0
+
+    def __str__(self) -> str:
+        lines = [
+            f"job {self.name!r}: {self.records} records in "
+            f"{self.wall_time:.2f} s on {self.workers} workers "
+            f"({self.throughput:,.0f} records/s)"
+        ]
+        for name, counts in self.operators.items():
+            lines.append(
+                f"  {name:<24} in {counts['in']:>10}  out {counts['out']:>10}"
+                + (f"  skipped {counts['skipped']}" if counts.get("skipped") else "")
+            )
+        if self.skipped:
+            lines.append(
+                f"  {self.skipped} records skipped; dead letters in "
+                f"{self.dead_letter_path}"
+            )
+        return "\n".join(lines)
+
+
+_LIVE: set[Driver] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def live_drivers() -> list[Driver]:
+    with _LIVE_LOCK:
+        return list(_LIVE)
+
+
+class Driver:
+    """Runs one job. ``start()`` forks; ``run()`` blocks until the end."""
+
+    def __init__(self, name: str, plan: Plan, options: RunOptions) -> None:
+        self.name = name
+        self.plan = plan
+        self.options = options
+        self.workers = options.workers
+        self._stop = threading.Event()
+        self._procs: list[Any] = []
+        self._done: dict[int, dict[str, Any]] = {}
+        self._failure: BaseException | None = None
+        self._dead_file: Any = None
+        self._skipped = 0
+        self._records = 0
+        self._ticks_sent = 0
+        self._source_done = False
+        self._next_poll = 0.0
+        self.started_at = 0.0
+        self.finished = threading.Event()
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Fork the workers. Call from the thread that submits the job."""
+        self.started_at = time.perf_counter()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, ValueError):
+                pass
+        pipes = PipeSet(self.workers)
+        context = multiprocess.get_context("fork")
+        options = WorkerOptions(
+            self.name, self.options.error_policy == "skip", None
+        )
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        for me in range(self.workers):
+            proc = context.Process(
+                target=_worker_main,
+                args=(pipes, me, self.plan, options),
+                name=f"sage_mp-{self.name}-w{me}",
+            )
+            proc.start()
+            self._procs.append(proc)
+        self.endpoint = pipes.endpoint(DRIVER)
+
+    def stop(self) -> None:
+        """Ask the job to end its stream now and finish cleanly."""
+        self._stop.set()
+
+    def abort(self) -> None:
+        """Kill the workers now; the job fails. Safe from any thread."""
+        self._stop.set()
+        self._kill()
+
+    def run(self) -> JobResult:
+        """Drive the job to its end; kill every worker on any failure."""
+        try:
+            self._run()
+        except BaseException as err:
+            self._failure = err
+            self._kill()
+            raise
+        finally:
+            self._cleanup()
+        return self._result()
+
+    def _run(self) -> None:
+        self._open()
+        while not self._source_done:
+            self._service(0)
+            self._wait_for_window()
+            self._pump_tick()
+        self._end_stream()
+        while not (self.final.finished and len(self._done) == self.workers):
+            self._service(0.5)
+        self._join()
+
+    def _open(self) -> None:
+        plan = self.plan
+        self.source = plan.source.instantiate()
+        from .context import RuntimeContext
+
+        self.source.ctx = RuntimeContext(plan.source.name, -1, 1, None, self.name)
+        self.head: StageInstance | None = None
+        if plan.stages[0].at_head:
+            self.head = StageInstance(
+                plan.stages[0],
+                None,
+                plan.stages[1],
+                DRIVER,
+                self.workers,
+                self.endpoint.send,
+                job_name=self.name,
+                skip_errors=self.options.error_policy == "skip",
+            )
+        self.final = StageInstance(
+            plan.driver_stage,
+            plan.stages[-2],
+            None,
+            DRIVER,
+            self.workers,
+            self.endpoint.send,
+            job_name=self.name,
+            skip_errors=self.options.error_policy == "skip",
+        )
+        try:
+            self.source.open()
+        except Exception as err:
+            raise self._source_error(err, "open") from err
+        try:
+            if self.head is not None:
+                self.head.open()
+            self.final.open()
+        except StageFailure as failure:
+            raise UserFunctionError(failure.report) from None
+        self._take = getattr(self.source, "take", None)
+        self._delay = plan.source.delay
+
+    # -- the source
+
+    def _pump_tick(self) -> None:
+        """Poll the source for one tick's records, then send the tick."""
+        batch = Batch()
+        size = self.options.batch_size
+        deadline = time.monotonic() + self.options.linger
+        delay = self._delay
+        source = self.source
+        while len(batch) < size:
+            if self._stop.is_set():
+                self._source_done = True
+                break
+            if delay:
+                now = time.monotonic()
+                if now < self._next_poll:
+                    if len(batch) and now >= deadline:
+                        break
+                    wake = self._next_poll if not len(batch) else min(self._next_poll, deadline)
+                    self._service(max(0.0, wake - now))
+                    continue
+                self._next_poll = now + delay
+            if self._take is not None:
+                items = self._take(size - len(batch))
+                if not items:
+                    self._source_done = True
+                    break
+                # Collection items are the caller's objects, not live
+                # state, so they travel without a per-record copy.
+                batch.values += items
+                continue
+            try:
+                record = source.execute()
+            except Exception as err:
+                raise self._source_error(err, "execute") from err
+            if record is None:
+                if len(batch):
+                    break
+                if not delay:
+                    self._service(0)
+                continue
+            if isinstance(record, StopSignal) or record is StopSignal:
+                self._source_done = True
+                break
+            freeze_into(batch, len(batch), None, record)
+            if not delay and len(batch) % 64 == 0 and time.monotonic() >= deadline:
+                break
+        if len(batch):
+            self._send_tick(batch)
+
+    def _send_tick(self, batch: Batch) -> None:
+        tick = self._ticks_sent
+        self._records += len(batch)
+        if self.head is None:
+            message = (P.BATCH, 0, tick, None, None, batch.values, batch.frozen)
+            self.endpoint.send(tick % self.workers, message)
+        else:
+            if batch.frozen:
+                thaw(batch.values, batch.frozen)
+            try:
+                self.head.feed(tick, batch.values)
+            except StageFailure as failure:
+                raise UserFunctionError(failure.report) from None
+        self._ticks_sent = tick + 1
+
+    def _wait_for_window(self) -> None:
+        limit = self.options.in_flight
+        while self._ticks_sent - self.final.next_tick >= limit:
+            self._service(0.05)
+
+    def _end_stream(self) -> None:
+        try:
+            self.source.close()
+        except Exception as err:
+            raise self._source_error(err, "close") from err
+        if self.head is not None:
+            self.head.end(self._ticks_sent)
+            return
+        for worker in range(self.workers):
+            self.endpoint.send(worker, (P.END, 0, self._ticks_sent))
+
+    def _source_error(self, err: Exception, phase: str) -> UserFunctionError:
+        import traceback
+
+        report = FailureReport(
+            operator=self.plan.source.name,
+            worker=-1,
+            key=None,
+            record=f"<during {phase}()>",
+            error=f"{type(err).__name__}: {err}",
+            traceback="".join(traceback.format_exception(err)),
+        )
+        return UserFunctionError(report)
+
+    # -- messages from workers
+
+    def _service(self, timeout: float) -> None:
+        for sender, message in self.endpoint.receive(timeout):
+            kind = message[0]
+            if kind == P.BATCH or kind == P.BARRIER or kind == P.END:
+                self.final.deliver(sender, message)
+            elif kind == P.DEAD:
+                self._dead_letter(message[1])
+            elif kind == P.DONE:
+                self._done[sender] = message[1]
+            elif kind == P.FAILED:
+                raise _failure_error(message[1])
+            elif kind == P.EOF_KIND and sender != DRIVER:
+                if sender not in self._done:
+                    raise self._worker_died(sender)
+        try:
+            self.final.step()
+        except StageFailure as failure:
+            raise UserFunctionError(failure.report) from None
+
+    def _worker_died(self, worker: int) -> WorkerDied:
+        proc = self._procs[worker]
+        proc.join(timeout=2.0)
+        code = proc.exitcode
+        how = f"was killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
+        return WorkerDied(
+            f"worker {worker} (pid {proc.pid}) of job {self.name!r} {how} "
+            "before the end of the stream; enable checkpoints "
+            "(checkpoint_dir=...) to recover from worker failures"
+        )
+
+    def _dead_letter(self, letter: dict[str, Any]) -> None:
+        self._skipped += 1
+        if self._dead_file is None:
+            path = self.options.dead_letter_path or f"{self.name}.dead-letters.jsonl"
+            self.options.dead_letter_path = path
+            self._dead_file = open(path, "a", encoding="utf-8")
+        self._dead_file.write(json.dumps(letter, default=repr) + "\n")
+        self._dead_file.flush()
+        log.warning(
+            "skipped a record in operator %r (worker %s, key %s): %s",
+            letter["operator"],
+            letter["worker"],
+            letter["key"],
+            letter["error"],
+        )
+
+    # -- the end
+
+    def _join(self) -> None:
+        for proc in self._procs:
+            proc.join(timeout=10.0)
+        self._kill()
+
+    def _kill(self) -> None:
+        for proc in self._procs:
+            if proc.exitcode is None and proc.pid:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in self._procs:
+            proc.join(timeout=5.0)
+
+    def _cleanup(self) -> None:
+        endpoint = getattr(self, "endpoint", None)
+        if endpoint is not None:
+            endpoint.close()
+        if self._dead_file is not None:
+            self._dead_file.close()
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+        self.finished.set()
+
+    def _result(self) -> JobResult:
+        operators: dict[str, dict[str, Any]] = {}
+        operators[self.plan.source.name] = {
+            "in": self._records,
+            "out": self._records,
+            "skipped": 0,
+        }
+        stats = [self._done[w] for w in sorted(self._done)]
+        for entry in [*(s["operators"] for s in stats), self.final.counts()]:
+            for name, counts in entry.items():
+                total = operators.setdefault(name, {"in": 0, "out": 0, "skipped": 0})
+                for field_name in ("in", "out", "skipped"):
+                    total[field_name] += counts[field_name]
+        return JobResult(
+            name=self.name,
+            workers=self.workers,
+            wall_time=time.perf_counter() - self.started_at,
+            records=self._records,
+            operators=operators,
+            worker_stats=stats,
+            skipped=self._skipped,
+            dead_letter_path=self.options.dead_letter_path if self._skipped else None,
+            stopped=self._stop.is_set(),
+        )
+
+
+def _failure_error(report: FailureReport) -> JobFailed:
+    if report.kind == "user":
+        return UserFunctionError(report)
+    return JobFailed(
+        f"worker {report.worker} failed in the engine: {report.error}\n"
+        f"{report.traceback}"
+    )
+
+
+def _worker_main(pipes: PipeSet, me: int, plan: Plan, options: WorkerOptions) -> None:
+    endpoint = pipes.endpoint(me)
+    code = run_worker(plan, me, pipes.workers, endpoint, options)
+    sys.exit(code)

@@ -1,0 +1,48 @@
+"""The driver/worker protocol: a small set of messages, transport-free.
+
+Every message is a plain tuple whose first item names its kind. Data
+flows in *ticks*: the driver cuts the source's records into numbered
+batches (tick 0, 1, 2, ...), and every stage processes ticks in order,
+so per-key source order survives any routing.
+
+Data plane, sent along the pipeline (driver -> stage 0 -> stage 1 ...
+-> the driver's final stage):
+
+``("batch", stage, tick, idxs, keys, values, frozen)``
+    The records of ``tick`` that the sender routes to the receiver's
+    instance of ``stage``. Every sender sends exactly one (maybe empty)
+    batch per tick it processes to every instance of the next stage.
+    ``idxs`` are the records' positions in the source's tick, used to
+    merge batches from several senders back into source order.
+``("barrier", stage, checkpoint_id, tick)``
+    Checkpoint ``checkpoint_id`` cuts the stream before ``tick``. Sent
+    after the sender's last batch before ``tick``.
+``("end", stage, tick)``
+    The sender sends nothing more; the stream has ``tick`` ticks.
+
+Control plane, worker -> driver:
+
+``("ack", checkpoint_id, info)``
+    The worker's snapshot for ``checkpoint_id`` is durable.
+``("failed", report)``
+    The worker stops because of ``report`` (a :class:`FailureReport`).
+``("dead", letter)``
+    A record was skipped under the skip policy (a dict, see errors).
+``("done", stats)``
+    The worker finished every stage and is about to exit.
+``("log", record_dict)``
+    A log record from a worker, to be emitted by the driver.
+
+A transport adds one message of its own, ``("eof",)``, when a peer's
+channel closes (see :mod:`sage_mp._transport`).
+"""
+
+BATCH = "batch"
+BARRIER = "barrier"
+END = "end"
+ACK = "ack"
+FAILED = "failed"
+DEAD = "dead"
+DONE = "done"
+LOG = "log"
+EOF_KIND = "eof"

@@ -1,0 +1,136 @@
+"""The worker process: hosts one instance of each stage and runs them.
+
+A worker reads whatever has arrived, hands each message to the stage
+instance it is for, lets every stage process the ticks that are ready
+(latest stage first, so downstream drains before upstream fills), and
+sleeps in the transport when nothing can move. It never blocks on
+sending, which is what keeps the all-to-all mesh free of deadlocks.
+
+It must not assume its transport is a pipe: it sees only an
+:class:`~sage_mp._transport.Endpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import traceback
+from typing import Any
+
+from . import _protocol as P
+from ._plan import Plan
+from ._stage import StageFailure, StageInstance
+from ._transport import DRIVER, Endpoint
+from .errors import FailureReport
+
+__all__ = ["WorkerOptions", "run_worker"]
+
+
+class WorkerOptions:
+    """What a worker needs to know besides the plan."""
+
+    def __init__(self, job_name: str, skip_errors: bool, checkpointer: Any = None):
+        self.job_name = job_name
+        self.skip_errors = skip_errors
+        # Built in the worker: owns snapshots and the LMDB environment.
+        self.checkpointer = checkpointer
+
+
+def host_stages(
+    plan: Plan, me: int, workers: int, endpoint: Endpoint, options: WorkerOptions,
+    on_barrier: Any = None,
+) -> dict[int, StageInstance]:
+    """Build this worker's stage instances (functions are constructed)."""
+    stages = {}
+    for stage in plan.worker_stages:
+        if stage.single and me != 0:
+            continue
+        previous = plan.stages[stage.index - 1] if stage.index else None
+        stages[stage.index] = StageInstance(
+            stage,
+            previous,
+            plan.stages[stage.index + 1],
+            me,
+            workers,
+            endpoint.send,
+            job_name=options.job_name,
+            skip_errors=options.skip_errors,
+            on_barrier=on_barrier,
+        )
+    return stages
+
+
+def run_worker(
+    plan: Plan, me: int, workers: int, endpoint: Endpoint, options: WorkerOptions
+) -> int:
+    """Run worker ``me`` to the end of the stream; return an exit code."""
+    # Ctrl-C reaches the whole process group; the driver decides what
+    # happens to workers, so they ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    try:
+        checkpointer = options.checkpointer
+        hook = checkpointer.on_barrier if checkpointer is not None else None
+        stages = host_stages(plan, me, workers, endpoint, options, hook)
+        if checkpointer is not None:
+            checkpointer.attach(stages, endpoint)
+        for stage in stages.values():
+            stage.open()
+        code = _loop(stages, endpoint, parent)
+        if code == 0:
+            endpoint.send(DRIVER, (P.DONE, _stats(me, stages)))
+    except StageFailure as failure:
+        endpoint.send(DRIVER, (P.FAILED, failure.report))
+        code = 1
+    except Exception as err:  # noqa: BLE001 - report, then exit non-zero
+        report = FailureReport(
+            operator="<engine>",
+            worker=me,
+            key=None,
+            record="",
+            error=f"{type(err).__name__}: {err}",
+            traceback="".join(traceback.format_exception(err)),
+            kind=getattr(err, "failure_kind", "engine"),
+        )
+        endpoint.send(DRIVER, (P.FAILED, report))
+        code = 1
+    endpoint.flush(timeout=30.0)
+    endpoint.close()
+    return code
+
+
+def _loop(stages: dict[int, StageInstance], endpoint: Endpoint, parent: int) -> int:
+    ordered = sorted(stages.values(), key=lambda s: s.index, reverse=True)
+    idle = False
+    while True:
+        messages = endpoint.receive(1.0 if idle else 0)
+        for sender, message in messages:
+            if message[0] == P.EOF_KIND:
+                if sender == DRIVER:
+                    return 2  # The driver is gone; nobody wants our output.
+                continue  # A peer finished; a crash is the driver's call.
+            stages[message[1]].deliver(sender, message)
+        progressed = False
+        for stage in ordered:
+            progressed = stage.step() or progressed
+        if all(stage.finished for stage in ordered):
+            return 0
+        idle = not messages and not progressed
+        if idle and os.getppid() != parent:
+            return 2
+
+
+def _stats(me: int, stages: dict[int, StageInstance]) -> dict[str, Any]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    operators: dict[str, Any] = {}
+    for stage in stages.values():
+        operators.update(stage.counts())
+    return {
+        "worker": me,
+        "operators": operators,
+        "records": sum(stage.records_in for stage in stages.values()),
+        "stage_busy": {stage.index: stage.busy for stage in stages.values()},
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "peak_rss": usage.ru_maxrss * 1024,
+    }
