@@ -25,12 +25,23 @@ from typing import Any
 import multiprocess
 
 from . import _protocol as P
+from ._checkpoint import (
+    CheckpointConfig,
+    Coordinator,
+    RestorePoint,
+    StageState,
+    WorkerCheckpointing,
+    fingerprint,
+    open_directory,
+    purge_uncommitted,
+)
 from ._plan import Plan
 from ._snapshot import Batch, freeze_into, thaw
 from ._stage import StageFailure, StageInstance
 from ._transport import DRIVER, PipeSet
 from ._worker import WorkerOptions, run_worker
 from .errors import (
+    CheckpointError,
     FailureReport,
     JobFailed,
     UserFunctionError,
@@ -53,6 +64,7 @@ class RunOptions:
     window: int = 0  # 0: 4 ticks per worker, at least 8
     error_policy: str = "fail"
     dead_letter_path: str | None = None
+    checkpoint: CheckpointConfig | None = None
 
     @property
     def in_flight(self) -> int:
@@ -72,6 +84,9 @@ class JobResult:
     skipped: int = 0
     dead_letter_path: str | None = None
     stopped: bool = False
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    restarts: int = 0
+    resumed_from: int | None = None
 
     @property
     def throughput(self) -> float:
@@ -126,24 +141,59 @@ class Driver:
         self._next_poll = 0.0
         self.started_at = 0.0
         self.finished = threading.Event()
+        self.coordinator: Coordinator | None = None
+        self.restore: RestorePoint | None = None
+        self.resumed_from: int | None = None
+        self.restarts = 0
 
     # -- lifecycle
 
     def start(self) -> None:
-        """Fork the workers. Call from the thread that submits the job."""
+        """Prepare checkpoints and fork the workers, in the calling thread."""
         self.started_at = time.perf_counter()
+        config = self.options.checkpoint
+        if config is not None:
+            manifest = open_directory(config, fingerprint(self.plan), self.name)
+            self.coordinator = Coordinator(config, manifest, self.workers)
+            self.restore = self.coordinator.restore_point()
+            if self.restore is not None:
+                self.resumed_from = self.restore.checkpoint
+                log.info(
+                    "job %r resumes from checkpoint %s (tick %s, written by "
+                    "%s workers)", self.name, self.restore.checkpoint,
+                    self.restore.tick, self.restore.workers,
+                )
+                if self.restore.workers > self.workers:
+                    log.warning(
+                        "rescaling from %s to %s workers: attributes that are "
+                        "not keyed state of workers %s..%s are dropped",
+                        self.restore.workers, self.workers, self.workers,
+                        self.restore.workers - 1,
+                    )
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        self._fork()
+
+    def _fork(self) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (AttributeError, ValueError):
                 pass
+        checkpointing = None
+        if self.coordinator is not None:
+            checkpointing = WorkerCheckpointing(
+                self.options.checkpoint.directory,  # type: ignore[union-attr]
+                self.restore,
+                self.coordinator.horizon,
+                _crash_hook(),
+            )
+        options = WorkerOptions(
+            self.name, self.options.error_policy == "skip", checkpointing
+        )
         pipes = PipeSet(self.workers)
         context = multiprocess.get_context("fork")
-        options = WorkerOptions(
-            self.name, self.options.error_policy == "skip", None
-        )
-        with _LIVE_LOCK:
-            _LIVE.add(self)
+        self._procs = []
         for me in range(self.workers):
             proc = context.Process(
                 target=_worker_main,
@@ -166,7 +216,12 @@ class Driver:
     def run(self) -> JobResult:
         """Drive the job to its end; kill every worker on any failure."""
         try:
-            self._run()
+            while True:
+                try:
+                    self._run()
+                    break
+                except WorkerDied as died:
+                    self._recover(died)
         except BaseException as err:
             self._failure = err
             self._kill()
@@ -180,52 +235,152 @@ class Driver:
         while not self._source_done:
             self._service(0)
             self._wait_for_window()
+            if self.coordinator is not None and self.coordinator.due():
+                self._begin_checkpoint()
             self._pump_tick()
+        if self.coordinator is not None:
+            # A finite stream ends with a checkpoint, so that a rerun
+            # resumes after the last record instead of replaying it.
+            while self.coordinator.pending is not None:
+                self._service(0.1)
+            self._begin_checkpoint()
         self._end_stream()
         while not (self.final.finished and len(self._done) == self.workers):
             self._service(0.5)
+        while self.coordinator is not None and self.coordinator.pending is not None:
+            self._service(0.1)
         self._join()
+
+    def _recover(self, died: WorkerDied) -> None:
+        """Restart every worker from the last committed checkpoint."""
+        config = self.options.checkpoint
+        if self.coordinator is None or config is None:
+            raise died
+        if self.restarts >= config.max_restarts:
+            raise WorkerDied(
+                f"{died}\nthe job already restarted {self.restarts} times "
+                f"(max_restarts={config.max_restarts}); giving up. The last "
+                f"committed checkpoint in {config.directory!r} is intact: "
+                "fix the cause and run the job again to resume"
+            ) from died
+        self.restarts += 1
+        self._kill()
+        self.endpoint.close()
+        self.coordinator.pending = None
+        self.restore = self.coordinator.restore_point()
+        purge_uncommitted(config.directory, self.restore, self.coordinator.store)
+        log.warning(
+            "%s; restart %s of %s from checkpoint %s",
+            died,
+            self.restarts,
+            config.max_restarts,
+            self.restore.checkpoint if self.restore else "(none: from the start)",
+        )
+        self._done = {}
+        self._source_done = False
+        self._next_poll = 0.0
+        self._fork()
 
     def _open(self) -> None:
         plan = self.plan
-        self.source = plan.source.instantiate()
         from .context import RuntimeContext
 
+        self.source = plan.source.instantiate()
         self.source.ctx = RuntimeContext(plan.source.name, -1, 1, None, self.name)
+        skip = self.options.error_policy == "skip"
+        hook = self._on_driver_barrier if self.coordinator is not None else None
         self.head: StageInstance | None = None
         if plan.stages[0].at_head:
             self.head = StageInstance(
-                plan.stages[0],
-                None,
-                plan.stages[1],
-                DRIVER,
-                self.workers,
-                self.endpoint.send,
-                job_name=self.name,
-                skip_errors=self.options.error_policy == "skip",
+                plan.stages[0], None, plan.stages[1], DRIVER, self.workers,
+                self.endpoint.send, job_name=self.name, skip_errors=skip,
+                on_barrier=hook,
             )
         self.final = StageInstance(
-            plan.driver_stage,
-            plan.stages[-2],
-            None,
-            DRIVER,
-            self.workers,
-            self.endpoint.send,
-            job_name=self.name,
-            skip_errors=self.options.error_policy == "skip",
+            plan.driver_stage, plan.stages[-2], None, DRIVER, self.workers,
+            self.endpoint.send, job_name=self.name, skip_errors=skip,
+            on_barrier=hook,
         )
+        self._source_state = StageState([(plan.source.name, self.source)], False)
+        driver_stages = [s for s in (self.head, self.final) if s is not None]
+        for stage in driver_stages:
+            functions = [(spec.name, fn) for spec, fn in stage.functions]
+            stage.tracker = StageState(functions, keyed=False)
+        self._ticks_sent = 0
+        self._records = 0
+        if self.restore is not None:
+            self._restore_driver(driver_stages)
         try:
             self.source.open()
         except Exception as err:
             raise self._source_error(err, "open") from err
         try:
-            if self.head is not None:
-                self.head.open()
-            self.final.open()
+            for stage in driver_stages:
+                stage.open()
         except StageFailure as failure:
             raise UserFunctionError(failure.report) from None
         self._take = getattr(self.source, "take", None)
         self._delay = plan.source.delay
+
+    def _restore_driver(self, stages: list[StageInstance]) -> None:
+        point = self.restore
+        assert point is not None and self.coordinator is not None
+        store = self.coordinator.store
+        self._source_state.restore([store], store, point, range(0))
+        for stage in stages:
+            stage.tracker.restore([store], store, point, range(0))
+            stage.start_at(point.tick, point.checkpoint)
+            stage.tracker.dirty = set()
+        self._ticks_sent = point.tick
+        entry = self.coordinator.manifest.latest() or {}
+        self._records = int(entry.get("records", 0))
+
+    # -- checkpoints
+
+    def _begin_checkpoint(self) -> None:
+        coordinator = self.coordinator
+        assert coordinator is not None
+        tick = self._ticks_sent
+        checkpoint = coordinator.begin(tick, self._capture(self._source_state))
+        coordinator.pending["records"] = self._records  # type: ignore[index]
+        if self.head is not None:
+            self.head.barrier(checkpoint, tick)
+        else:
+            for worker in range(self.workers):
+                self.endpoint.send(worker, (P.BARRIER, 0, checkpoint, tick))
+
+    def _on_driver_barrier(self, stage: StageInstance, checkpoint: int) -> None:
+        assert self.coordinator is not None
+        self.coordinator.add_driver_parts(checkpoint, self._capture(stage.tracker))
+
+    def _capture(self, state: StageState) -> tuple[Any, Any]:
+        try:
+            return state.capture()
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - named for the user
+            raise CheckpointError(f"capturing driver state failed: {err}") from err
+
+    def _maybe_commit(self) -> None:
+        coordinator = self.coordinator
+        if coordinator is None:
+            return
+        expected = 2 if self.head is not None else 1
+        if not coordinator.ready(expected):
+            return
+        records = coordinator.pending["records"]  # type: ignore[index]
+        entry = coordinator.commit()
+        if entry is None:
+            return
+        entry["records"] = records
+        coordinator.manifest.save()
+        log.info(
+            "checkpoint %s committed: tick %s, %s bytes, %.3f s",
+            entry["id"], entry["tick"], entry["bytes"], entry["duration"],
+        )
+        for worker in range(self.workers):
+            if worker not in self._done:
+                self.endpoint.send(worker, (P.COMMIT, entry["id"], coordinator.horizon))
 
     # -- the source
 
@@ -332,6 +487,8 @@ class Driver:
                 self._dead_letter(message[1])
             elif kind == P.DONE:
                 self._done[sender] = message[1]
+            elif kind == P.ACK and self.coordinator is not None:
+                self.coordinator.ack(sender, message[1], message[2])
             elif kind == P.FAILED:
                 raise _failure_error(message[1])
             elif kind == P.EOF_KIND and sender != DRIVER:
@@ -341,16 +498,22 @@ class Driver:
             self.final.step()
         except StageFailure as failure:
             raise UserFunctionError(failure.report) from None
+        self._maybe_commit()
 
     def _worker_died(self, worker: int) -> WorkerDied:
         proc = self._procs[worker]
         proc.join(timeout=2.0)
         code = proc.exitcode
         how = f"was killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
+        hint = (
+            ""
+            if self.coordinator is not None
+            else "; enable checkpoints (checkpoint_dir=...) to recover from "
+            "worker failures"
+        )
         return WorkerDied(
             f"worker {worker} (pid {proc.pid}) of job {self.name!r} {how} "
-            "before the end of the stream; enable checkpoints "
-            "(checkpoint_dir=...) to recover from worker failures"
+            f"before the end of the stream{hint}"
         )
 
     def _dead_letter(self, letter: dict[str, Any]) -> None:
@@ -392,6 +555,8 @@ class Driver:
             endpoint.close()
         if self._dead_file is not None:
             self._dead_file.close()
+        if self.coordinator is not None:
+            self.coordinator.close()
         with _LIVE_LOCK:
             _LIVE.discard(self)
         self.finished.set()
@@ -404,7 +569,10 @@ class Driver:
             "skipped": 0,
         }
         stats = [self._done[w] for w in sorted(self._done)]
-        for entry in [*(s["operators"] for s in stats), self.final.counts()]:
+        driver_counts = [self.final.counts()]
+        if self.head is not None:
+            driver_counts.append(self.head.counts())
+        for entry in [*(s["operators"] for s in stats), *driver_counts]:
             for name, counts in entry.items():
                 total = operators.setdefault(name, {"in": 0, "out": 0, "skipped": 0})
                 for field_name in ("in", "out", "skipped"):
@@ -419,12 +587,24 @@ class Driver:
             skipped=self._skipped,
             dead_letter_path=self.options.dead_letter_path if self._skipped else None,
             stopped=self._stop.is_set(),
+            checkpoints=list(self.coordinator.history) if self.coordinator else [],
+            restarts=self.restarts,
+            resumed_from=self.resumed_from,
         )
+
+
+def _crash_hook() -> int | None:
+    # Test hook: SAGE_MP_TEST_CRASH_AT_CHECKPOINT=N makes a worker die
+    # in the middle of writing checkpoint N (see _checkpoint._crash_now).
+    value = os.environ.get("SAGE_MP_TEST_CRASH_AT_CHECKPOINT")
+    return int(value) if value else None
 
 
 def _failure_error(report: FailureReport) -> JobFailed:
     if report.kind == "user":
         return UserFunctionError(report)
+    if report.kind == "checkpoint":
+        return CheckpointError(report.error.split(": ", 1)[-1])
     return JobFailed(
         f"worker {report.worker} failed in the engine: {report.error}\n"
         f"{report.traceback}"

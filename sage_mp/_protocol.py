@@ -20,6 +20,12 @@ Data plane, sent along the pipeline (driver -> stage 0 -> stage 1 ...
 ``("end", stage, tick)``
     The sender sends nothing more; the stream has ``tick`` ticks.
 
+Control plane, driver -> worker:
+
+``("commit", checkpoint_id, horizon)``
+    ``checkpoint_id`` committed; blobs that only checkpoints before
+    ``horizon`` need may be deleted.
+
 Control plane, worker -> driver:
 
 ``("ack", checkpoint_id, info)``
@@ -46,3 +52,4 @@ DEAD = "dead"
 DONE = "done"
 LOG = "log"
 EOF_KIND = "eof"
+COMMIT = "commit"

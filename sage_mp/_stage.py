@@ -281,7 +281,13 @@ class StageInstance:
         self.skipped: dict[str, int] = {}
         self.busy = 0.0
         self.records_in = 0
+        #: Set by the checkpointer of a keyed stage: keys processed since
+        #: the last checkpoint are added to ``tracker.dirty`` per tick.
+        self.tracker: Any = None
 
+        self.previous_route = (
+            previous.route.kind if previous is not None and previous.route else None
+        )
         self._senders_rule(previous)
         self._destinations = self._destinations_of(next_stage)
         parallelism = 1 if plan.single or plan.in_driver else workers
@@ -354,6 +360,16 @@ class StageInstance:
         if next_stage.single:
             return [0]
         return list(range(self.workers))
+
+    @property
+    def keyed_input(self) -> bool:
+        """True when records arrive here routed by a hash keyby."""
+        return self.previous_route == "hash"
+
+    def start_at(self, tick: int, checkpoint: int) -> None:
+        """Resume after checkpoint ``checkpoint``, which cut before ``tick``."""
+        self.next_tick = tick
+        self.last_barrier = checkpoint
 
     def open(self) -> None:
         """Call ``open()`` on every function, in pipeline order."""
@@ -447,6 +463,9 @@ class StageInstance:
         started = time.perf_counter()
         idxs, keys, values = _merge(batches)
         self.records_in += len(values)
+        tracker = self.tracker
+        if tracker is not None and tracker.keyed:
+            tracker.dirty.update(keys)
         current = self.current
         head = self.head
         try:

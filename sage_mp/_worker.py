@@ -22,7 +22,8 @@ from . import _protocol as P
 from ._plan import Plan
 from ._stage import StageFailure, StageInstance
 from ._transport import DRIVER, Endpoint
-from .errors import FailureReport
+from ._checkpoint import WorkerCheckpointer, WorkerCheckpointing
+from .errors import CheckpointError, FailureReport
 
 __all__ = ["WorkerOptions", "run_worker"]
 
@@ -30,11 +31,15 @@ __all__ = ["WorkerOptions", "run_worker"]
 class WorkerOptions:
     """What a worker needs to know besides the plan."""
 
-    def __init__(self, job_name: str, skip_errors: bool, checkpointer: Any = None):
+    def __init__(
+        self,
+        job_name: str,
+        skip_errors: bool,
+        checkpointing: WorkerCheckpointing | None = None,
+    ) -> None:
         self.job_name = job_name
         self.skip_errors = skip_errors
-        # Built in the worker: owns snapshots and the LMDB environment.
-        self.checkpointer = checkpointer
+        self.checkpointing = checkpointing
 
 
 def host_stages(
@@ -69,38 +74,53 @@ def run_worker(
     # happens to workers, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
+    checkpointer = None
     try:
-        checkpointer = options.checkpointer
+        if options.checkpointing is not None:
+            checkpointer = WorkerCheckpointer(options.checkpointing, me, workers)
         hook = checkpointer.on_barrier if checkpointer is not None else None
         stages = host_stages(plan, me, workers, endpoint, options, hook)
         if checkpointer is not None:
-            checkpointer.attach(stages, endpoint)
+            checkpointer.attach(stages, endpoint.send)
         for stage in stages.values():
             stage.open()
-        code = _loop(stages, endpoint, parent)
+        code = _loop(stages, endpoint, parent, checkpointer)
         if code == 0:
             endpoint.send(DRIVER, (P.DONE, _stats(me, stages)))
     except StageFailure as failure:
         endpoint.send(DRIVER, (P.FAILED, failure.report))
         code = 1
+    except CheckpointError as err:
+        endpoint.send(DRIVER, (P.FAILED, _engine_report(me, err, "checkpoint")))
+        code = 1
     except Exception as err:  # noqa: BLE001 - report, then exit non-zero
-        report = FailureReport(
-            operator="<engine>",
-            worker=me,
-            key=None,
-            record="",
-            error=f"{type(err).__name__}: {err}",
-            traceback="".join(traceback.format_exception(err)),
-            kind=getattr(err, "failure_kind", "engine"),
-        )
-        endpoint.send(DRIVER, (P.FAILED, report))
+        endpoint.send(DRIVER, (P.FAILED, _engine_report(me, err, "engine")))
         code = 1
     endpoint.flush(timeout=30.0)
     endpoint.close()
+    if checkpointer is not None:
+        checkpointer.close()
     return code
 
 
-def _loop(stages: dict[int, StageInstance], endpoint: Endpoint, parent: int) -> int:
+def _engine_report(me: int, err: Exception, kind: str) -> FailureReport:
+    return FailureReport(
+        operator="<engine>",
+        worker=me,
+        key=None,
+        record="",
+        error=f"{type(err).__name__}: {err}",
+        traceback="".join(traceback.format_exception(err)),
+        kind=kind,
+    )
+
+
+def _loop(
+    stages: dict[int, StageInstance],
+    endpoint: Endpoint,
+    parent: int,
+    checkpointer: WorkerCheckpointer | None,
+) -> int:
     ordered = sorted(stages.values(), key=lambda s: s.index, reverse=True)
     idle = False
     while True:
@@ -110,6 +130,10 @@ def _loop(stages: dict[int, StageInstance], endpoint: Endpoint, parent: int) -> 
                 if sender == DRIVER:
                     return 2  # The driver is gone; nobody wants our output.
                 continue  # A peer finished; a crash is the driver's call.
+            if message[0] == P.COMMIT:
+                if checkpointer is not None:
+                    checkpointer.on_commit(message[1], message[2])
+                continue
             stages[message[1]].deliver(sender, message)
         progressed = False
         for stage in ordered:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from ._checkpoint import CheckpointConfig
 from ._driver import Driver, JobResult, RunOptions
 from ._plan import STRATEGIES, OperatorSpec, Plan, build_plan, check_function
 from .errors import PipelineError
@@ -64,6 +65,18 @@ class LocalEnvironment:
             counts it and appends it to ``dead_letter_path``.
         dead_letter_path: JSON-lines file for skipped records; default
             ``<name>.dead-letters.jsonl`` in the working directory.
+        checkpoint_dir: directory for checkpoints; enables automatic
+            state persistence, recovery from dead workers, and resume.
+            Created private (0700) if missing.
+        checkpoint_interval: seconds between checkpoints (default 1.0).
+        max_restarts: restarts from the last checkpoint after a worker
+            dies, before the job fails (default 3).
+        keep_checkpoints: committed checkpoints kept (default 3).
+        fresh: start from empty state, deleting the checkpoints in
+            ``checkpoint_dir`` instead of resuming from them.
+
+    SAGE's ``config={"fault_tolerance": {"strategy": "checkpoint",
+    "checkpoint_interval": ..., "checkpoint_dir": ...}}`` also works.
     """
 
     def __init__(
@@ -76,13 +89,19 @@ class LocalEnvironment:
         linger: float | None = None,
         error_policy: str | None = None,
         dead_letter_path: str | None = None,
+        checkpoint_dir: str | None = None,
+        checkpoint_interval: float | None = None,
+        max_restarts: int | None = None,
+        keep_checkpoints: int | None = None,
+        fresh: bool | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
             raise PipelineError(
                 f"LocalEnvironment({name!r}) got unknown options "
                 f"{sorted(unknown)}; expected workers, config, batch_size, "
-                "linger, error_policy, dead_letter_path"
+                "linger, error_policy, dead_letter_path, checkpoint_dir, "
+                "checkpoint_interval, max_restarts, keep_checkpoints, fresh"
             )
         config = dict(config or {})
         self.name = name
@@ -92,6 +111,20 @@ class LocalEnvironment:
         self.linger = _pick(linger, config.get("linger"), 0.005)
         self.error_policy = _pick(error_policy, config.get("error_policy"), "fail")
         self.dead_letter_path = dead_letter_path
+        tolerance = config.get("fault_tolerance") or {}
+        if tolerance and tolerance.get("strategy", "checkpoint") != "checkpoint":
+            raise PipelineError(
+                f"LocalEnvironment({name!r}): fault_tolerance strategy "
+                f"{tolerance.get('strategy')!r} is not supported; use "
+                "'checkpoint'"
+            )
+        self.checkpoint_dir = _pick(checkpoint_dir, tolerance.get("checkpoint_dir"))
+        self.checkpoint_interval = _pick(
+            checkpoint_interval, tolerance.get("checkpoint_interval"), 1.0
+        )
+        self.max_restarts = _pick(max_restarts, tolerance.get("max_restarts"), 3)
+        self.keep_checkpoints = _pick(keep_checkpoints, 3)
+        self.fresh = bool(fresh)
         self._source: OperatorSpec | None = None
         self._operators: list[OperatorSpec] = []
         self._driver: Driver | None = None
@@ -182,11 +215,39 @@ class LocalEnvironment:
         if int(self.batch_size) < 1:
             raise PipelineError(f"batch_size must be >= 1, got {self.batch_size!r}")
         return RunOptions(
+            checkpoint=self._checkpoint_config(),
             workers=workers,
             batch_size=int(self.batch_size),
             linger=float(self.linger),
             error_policy=OVERRIDES.get("error_policy") or self.error_policy,
             dead_letter_path=self.dead_letter_path,
+        )
+
+    def _checkpoint_config(self) -> CheckpointConfig | None:
+        directory = OVERRIDES.get("checkpoint_dir") or self.checkpoint_dir
+        if not directory:
+            return None
+        interval = OVERRIDES.get("checkpoint_interval") or self.checkpoint_interval
+        if not isinstance(interval, (int, float)) or interval <= 0:
+            raise PipelineError(
+                f"environment {self.name!r}: checkpoint_interval must be a "
+                f"number of seconds > 0, got {interval!r}"
+            )
+        for label, value in (
+            ("max_restarts", self.max_restarts),
+            ("keep_checkpoints", self.keep_checkpoints),
+        ):
+            if not isinstance(value, int) or value < (1 if label == "keep_checkpoints" else 0):
+                raise PipelineError(
+                    f"environment {self.name!r}: {label} must be a whole "
+                    f"number, got {value!r}"
+                )
+        return CheckpointConfig(
+            directory=os.fspath(directory),
+            interval=float(interval),
+            keep=self.keep_checkpoints,
+            max_restarts=self.max_restarts,
+            fresh=bool(OVERRIDES.get("fresh") or self.fresh),
         )
 
     def submit(self, autostop: bool = False) -> JobResult | None:

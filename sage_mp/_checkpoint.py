@@ -1,0 +1,723 @@
+"""Checkpoints: what is captured, how it is restored, and when it commits.
+
+A checkpoint ``c`` cuts the stream before tick ``t``. The driver
+captures its source's state and sends barrier ``(c, t)``; every stage
+instance captures its functions' state when it has processed exactly
+the ticks before ``t`` (see :mod:`sage_mp._stage`), and each process
+writes its parts to its own LMDB environment in one transaction and
+acknowledges. The checkpoint commits when the driver has every
+acknowledgement and has written its own parts: it appends ``c`` to
+``MANIFEST.json`` with an atomic rename. A checkpoint that is not in
+the manifest never happened.
+
+What is stored (rules for which attributes are state: :mod:`state`):
+
+* In a stage fed by a hash ``keyby``, a dict attribute that holds
+  entries of the keys processed there is *keyed*: its entries are
+  stored per key group, and each checkpoint writes only the entries of
+  keys processed since the previous one (plus deletions). This keeps a
+  checkpoint's cost proportional to the keys it touched, and lets a
+  restore with another worker count give each key group to its new
+  owner.
+* Every other attribute is stored whole at every checkpoint, and on
+  restore goes to the worker with the same index (new workers beyond
+  the old count start from their constructor's values; values of
+  workers beyond the new count are dropped, with a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ._partition import KEY_GROUPS, groups_of_worker, key_group
+from ._store import BASE, Store
+from .errors import CheckpointError, IncompatibleCheckpoint
+from .state import state_of
+
+__all__ = [
+    "CheckpointConfig",
+    "Coordinator",
+    "Manifest",
+    "RestorePoint",
+    "StageState",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "MANIFEST.json"
+DRIVER_STORE = "driver"
+
+
+def worker_store(index: int) -> str:
+    return f"worker-{index}"
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoint settings of a job (see LocalEnvironment)."""
+
+    directory: str
+    interval: float = 1.0
+    keep: int = 3
+    max_restarts: int = 3
+    max_failures: int = 3
+    fresh: bool = False
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """The committed checkpoint a run starts from."""
+
+    checkpoint: int
+    tick: int
+    workers: int
+
+
+# --- serialization -------------------------------------------------------
+
+
+class _Unserializable(Exception):
+    pass
+
+
+def dumps(value: Any) -> bytes:
+    """Pickle ``value``; fall back to dill (lambdas, local classes)."""
+    try:
+        return b"p" + pickle.dumps(value, 5)
+    except Exception as first:
+        import dill
+
+        try:
+            return b"d" + dill.dumps(value)
+        except Exception:
+            raise _Unserializable(f"{type(first).__name__}: {first}") from first
+
+
+def loads(data: bytes) -> Any:
+    if data[:1] == b"d":
+        import dill
+
+        return dill.loads(data[1:])
+    return pickle.loads(data[1:])
+
+
+def _explain(op: str, attr: str, value: Any, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot checkpoint attribute {attr!r} of operator {op!r}: its value "
+        f"({type(value).__name__}) cannot be serialized ({err}). Make it "
+        f"serializable, or add {attr!r} to the class's __state_exclude__ "
+        "list if it is not state (a connection, a cache, a lock)"
+    )
+
+
+def merge_blobs(blobs: list[bytes]) -> bytes:
+    """Fold a group's blobs (base, deltas) into one base blob."""
+    return BASE + dumps((apply_blobs(blobs), []))
+
+
+def apply_blobs(blobs: list[bytes]) -> dict[Any, Any]:
+    start = max((i for i, b in enumerate(blobs) if b[:1] == BASE), default=0)
+    entries: dict[Any, Any] = {}
+    for blob in blobs[start:]:
+        updates, deletions = loads(blob[1:])
+        entries.update(updates)
+        for key in deletions:
+            entries.pop(key, None)
+    return entries
+
+
+# --- per stage instance: capture and restore -----------------------------
+
+
+class StageState:
+    """Captures and restores the state of one stage instance's functions."""
+
+    def __init__(self, functions: list[tuple[str, Any]], keyed: bool) -> None:
+        self.functions = functions  # (operator name, function instance)
+        self.keyed = keyed
+        self.dirty: set[Any] = set()
+        # (op, attr) of keyed attributes -> keys stored for it so far.
+        self.stored: dict[tuple[str, str], set[Any]] = {}
+        # After a restore with another worker count, the base blobs of
+        # our groups sit in other workers' stores; the next capture
+        # writes a base for every group we own, so that our own store is
+        # complete and compaction never folds deltas without their base.
+        self.rebase: range | None = None
+
+    def capture(
+        self,
+    ) -> tuple[dict[tuple[str, str, int], tuple[bytes, bool]], dict[tuple[str, str], bytes]]:
+        """Serialize the state now; reset the set of processed keys."""
+        dirty, self.dirty = self.dirty, set()
+        keyed: dict[tuple[str, str, int], tuple[bytes, bool]] = {}
+        plain: dict[tuple[str, str], bytes] = {}
+        for op, fn in self.functions:
+            for attr, value in state_of(fn).items():
+                slot = (op, attr)
+                if self.keyed and isinstance(value, dict) and (
+                    slot in self.stored or any(k in value for k in dirty)
+                ):
+                    keyed.update(self._capture_keyed(op, attr, value, dirty))
+                    continue
+                try:
+                    plain[slot] = dumps(value)
+                except _Unserializable as err:
+                    raise _explain(op, attr, value, err) from None
+        self.rebase = None
+        return keyed, plain
+
+    def _capture_keyed(
+        self, op: str, attr: str, value: dict[Any, Any], dirty: set[Any]
+    ) -> dict[tuple[str, str, int], tuple[bytes, bool]]:
+        slot = (op, attr)
+        first = slot not in self.stored or self.rebase is not None
+        stored = self.stored.setdefault(slot, set())
+        if first:
+            changed, deleted = list(value), []
+        else:
+            changed, deleted = [], []
+            for key in dirty:
+                if key in value:
+                    changed.append(key)
+                elif key in stored:
+                    deleted.append(key)
+            if len(value) != len(stored) + sum(k not in stored for k in changed) - len(
+                deleted
+            ):
+                # Entries of other keys were added or removed (an LRU
+                # eviction, say): reconcile with a full comparison.
+                keys = value.keys()
+                changed += [k for k in keys - stored if k not in dirty]
+                deleted += [k for k in stored - keys if k not in dirty]
+        stored.update(changed)
+        stored.difference_update(deleted)
+        groups: dict[int, tuple[dict[Any, Any], list[Any]]] = {}
+        for group in self.rebase or ():
+            groups[group] = ({}, [])
+        for key in changed:
+            groups.setdefault(_group(op, attr, key), ({}, []))[0][key] = value[key]
+        for key in deleted:
+            groups.setdefault(_group(op, attr, key), ({}, []))[1].append(key)
+        out = {}
+        for group, part in groups.items():
+            try:
+                out[(op, attr, group)] = (dumps(part), first)
+            except _Unserializable as err:
+                raise _explain(op, attr, part[0], err) from None
+        return out
+
+    def restore(
+        self, stores: list[Store], own: Store | None, point: RestorePoint,
+        groups: range,
+    ) -> None:
+        """Load the state of ``point`` into the functions (before open())."""
+        keyed_slots: set[tuple[str, str]] = set()
+        for store in stores:
+            keyed_slots |= store.attributes("keyed")
+        for op, fn in self.functions:
+            for slot in sorted(s for s in keyed_slots if s[0] == op):
+                if self.keyed:
+                    self._restore_keyed(fn, slot, stores, point, groups)
+            if own is None:
+                continue
+            for _, attr in sorted(s for s in own.attributes("plain") if s[0] == op):
+                data = own.plain_value(op, attr, point.checkpoint)
+                if data is not None:
+                    setattr(fn, attr, loads(data))
+
+    def _restore_keyed(
+        self, fn: Any, slot: tuple[str, str], stores: list[Store],
+        point: RestorePoint, groups: range,
+    ) -> None:
+        op, attr = slot
+        target = getattr(fn, attr, None)
+        if not isinstance(target, dict):
+            target = {}
+            setattr(fn, attr, target)
+        stored = self.stored.setdefault(slot, set())
+        for group in groups:
+            blobs: list[tuple[int, bytes]] = []
+            for store in stores:
+                blobs += store.group_blobs(op, attr, group, point.checkpoint)
+            if not blobs:
+                continue
+            blobs.sort(key=lambda item: item[0])
+            entries = apply_blobs([blob for _, blob in blobs])
+            target.update(entries)
+            stored.update(entries)
+
+
+def _group(op: str, attr: str, key: Any) -> int:
+    try:
+        return key_group(key)
+    except TypeError as err:
+        raise CheckpointError(
+            f"cannot checkpoint attribute {attr!r} of operator {op!r}: it "
+            f"holds an entry whose key {key!r} cannot be routed ({err})"
+        ) from None
+
+
+def owned_groups(host: int, workers: int, single: bool) -> range:
+    if host < 0 or single:
+        return range(KEY_GROUPS)
+    return groups_of_worker(host, workers)
+
+
+# --- the directory and its manifest --------------------------------------
+
+
+class Manifest:
+    """``MANIFEST.json``: the job's identity and its committed checkpoints."""
+
+    def __init__(self, directory: str, data: dict[str, Any]) -> None:
+        self.directory = directory
+        self.data = data
+
+    @property
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return self.data["checkpoints"]  # type: ignore[no-any-return]
+
+    def latest(self) -> dict[str, Any] | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    def commit(self, entry: dict[str, Any], keep: int) -> int:
+        """Record ``entry`` as committed; return the oldest id kept."""
+        self.checkpoints.append(entry)
+        del self.checkpoints[:-keep]
+        self.save()
+        return int(self.checkpoints[0]["id"])
+
+    def save(self) -> None:
+        path = os.path.join(self.directory, MANIFEST)
+        temp = path + ".tmp"
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(self.data, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_manifest(directory: str) -> Manifest:
+    """Load the manifest of an existing checkpoint directory."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.isfile(path):
+        raise IncompatibleCheckpoint(
+            f"{directory!r} is not a sage_mp checkpoint directory: it has no "
+            f"{MANIFEST}"
+        )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise IncompatibleCheckpoint(
+            f"cannot read {path!r} ({err}); the checkpoint directory is "
+            "damaged. Move it away and start with an empty directory"
+        ) from None
+    if data.get("format") != FORMAT:
+        raise IncompatibleCheckpoint(
+            f"{directory!r} was written in checkpoint format "
+            f"{data.get('format')!r}; this sage_mp reads format {FORMAT}. "
+            "Resume it with the sage_mp version that wrote it, or start "
+            "fresh (--fresh)"
+        )
+    return Manifest(directory, data)
+
+
+def check_safe(directory: str) -> None:
+    """Refuse a directory another user owns or others may write.
+
+    Restoring unpickles what is in it, so whoever can write there could
+    run code in this job.
+    """
+    info = os.stat(directory)
+    problems = []
+    if info.st_uid != os.getuid():
+        problems.append(f"it is owned by uid {info.st_uid}, not by you ({os.getuid()})")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problems.append(
+            f"its permissions ({stat.filemode(info.st_mode)}) let other users write"
+        )
+    if problems:
+        raise IncompatibleCheckpoint(
+            f"refusing to use checkpoint directory {directory!r}: "
+            + " and ".join(problems)
+            + ". Restoring unpickles its contents, so it must be private: "
+            f"run `chmod 700 {directory}` if you trust its contents"
+        )
+
+
+def open_directory(
+    config: CheckpointConfig, fingerprint: list[list[str]], job: str
+) -> Manifest:
+    """Create, wipe (fresh) or check the directory; return its manifest."""
+    directory = config.directory
+    if not os.path.exists(directory):
+        os.makedirs(directory, mode=0o700)
+    elif not os.path.isdir(directory):
+        raise IncompatibleCheckpoint(
+            f"checkpoint directory {directory!r} exists and is not a directory"
+        )
+    check_safe(directory)
+    has_manifest = os.path.isfile(os.path.join(directory, MANIFEST))
+    if not has_manifest and os.listdir(directory):
+        raise IncompatibleCheckpoint(
+            f"{directory!r} is not empty and holds no {MANIFEST}: it is not a "
+            "sage_mp checkpoint directory, and sage_mp will not write into "
+            "it. Pick an empty or new directory"
+        )
+    if has_manifest and config.fresh:
+        _wipe(directory)
+        has_manifest = False
+    if not has_manifest:
+        manifest = Manifest(
+            directory,
+            {
+                "format": FORMAT,
+                "job": job,
+                "key_groups": KEY_GROUPS,
+                "fingerprint": fingerprint,
+                "created": time.time(),
+                "checkpoints": [],
+            },
+        )
+        manifest.save()
+        return manifest
+    manifest = read_manifest(directory)
+    _check_fits(manifest, fingerprint, directory)
+    return manifest
+
+
+def _wipe(directory: str) -> None:
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if name == DRIVER_STORE or name.startswith("worker-"):
+            shutil.rmtree(path)
+        elif name in (MANIFEST, MANIFEST + ".tmp"):
+            os.remove(path)
+
+
+def _check_fits(manifest: Manifest, fingerprint: list[list[str]], where: str) -> None:
+    data = manifest.data
+    if data.get("key_groups") != KEY_GROUPS:
+        raise IncompatibleCheckpoint(
+            f"{where!r} was written with {data.get('key_groups')} key groups; "
+            f"this sage_mp uses {KEY_GROUPS}, so keys would land in the wrong "
+            "groups. Start fresh (--fresh) or use another directory"
+        )
+    old = [tuple(op) for op in data.get("fingerprint", [])]
+    new = [tuple(op) for op in fingerprint]
+    if old != new:
+        raise IncompatibleCheckpoint(
+            f"{where!r} holds checkpoints of another pipeline.\n"
+            f"  saved:   {_describe(old)}\n  this job: {_describe(new)}\n"
+            "Resume with the pipeline that wrote it, point checkpoint_dir "
+            "elsewhere, or start fresh (--fresh / fresh=True)"
+        )
+
+
+def _describe(ops: list[tuple[str, ...]]) -> str:
+    return " -> ".join(f"{kind}({name})" for kind, name, *_ in ops) or "(nothing)"
+
+
+def open_stores(directory: str, readonly: bool = True) -> list[Store]:
+    """Open every store in the directory (workers in index order, driver last)."""
+    names = sorted(
+        (n for n in os.listdir(directory) if n.startswith("worker-")),
+        key=lambda n: int(n.split("-")[1]),
+    )
+    if os.path.isdir(os.path.join(directory, DRIVER_STORE)):
+        names.append(DRIVER_STORE)
+    return [Store(os.path.join(directory, name), readonly) for name in names]
+
+
+# --- the driver's side: when to cut, when to commit ----------------------
+
+
+class Coordinator:
+    """Starts checkpoints, gathers acknowledgements, commits them."""
+
+    def __init__(self, config: CheckpointConfig, manifest: Manifest, workers: int):
+        self.config = config
+        self.manifest = manifest
+        self.workers = workers
+        latest = manifest.latest()
+        self.horizon = int(manifest.checkpoints[0]["id"]) if manifest.checkpoints else 0
+        self.next_id = self._next_id(latest)
+        purge_uncommitted(config.directory, self.restore_point())
+        self.store = Store(os.path.join(config.directory, DRIVER_STORE))
+        self.pending: dict[str, Any] | None = None
+        self.last_started = time.monotonic()
+        self.failures = 0
+        self.history: list[dict[str, Any]] = []
+
+    def _next_id(self, latest: dict[str, Any] | None) -> int:
+        # Ids are never reused: a checkpoint that died half-written may
+        # have left blobs under its id in some stores.
+        highest = int(latest["id"]) if latest else 0
+        for store in open_stores(self.config.directory):
+            try:
+                highest = max([highest, *store.checkpoints()])
+            finally:
+                store.close()
+        return highest + 1
+
+    def restore_point(self) -> RestorePoint | None:
+        latest = self.manifest.latest()
+        if latest is None:
+            return None
+        return RestorePoint(int(latest["id"]), int(latest["tick"]), int(latest["workers"]))
+
+    def due(self) -> bool:
+        return (
+            self.pending is None
+            and time.monotonic() - self.last_started >= self.config.interval
+        )
+
+    def begin(self, tick: int, driver_parts: tuple[Any, Any]) -> int:
+        checkpoint = self.next_id
+        self.next_id += 1
+        self.last_started = time.monotonic()
+        self.pending = {
+            "id": checkpoint,
+            "tick": tick,
+            "started": time.time(),
+            "t0": time.perf_counter(),
+            "acks": {},
+            "keyed": dict(driver_parts[0]),
+            "plain": dict(driver_parts[1]),
+            "driver_stages": 0,
+            "pause": 0.0,
+        }
+        return checkpoint
+
+    def add_driver_parts(self, checkpoint: int, parts: tuple[Any, Any]) -> None:
+        pending = self.pending
+        if pending is None or pending["id"] != checkpoint:
+            return
+        pending["keyed"].update(parts[0])
+        pending["plain"].update(parts[1])
+        pending["driver_stages"] += 1
+
+    def ack(self, worker: int, checkpoint: int, info: dict[str, Any]) -> None:
+        pending = self.pending
+        if pending is None or pending["id"] != checkpoint:
+            return
+        pending["acks"][worker] = info
+
+    def ready(self, driver_stages: int) -> bool:
+        pending = self.pending
+        return (
+            pending is not None
+            and len(pending["acks"]) == self.workers
+            and pending["driver_stages"] >= driver_stages
+        )
+
+    def commit(self) -> dict[str, Any] | None:
+        """Write the driver's parts, then the manifest; None on failure."""
+        pending = self.pending
+        assert pending is not None
+        self.pending = None
+        errors = [a["error"] for a in pending["acks"].values() if a.get("error")]
+        if not errors:
+            try:
+                driver_bytes = self.store.write(
+                    pending["id"],
+                    pending["keyed"],
+                    pending["plain"],
+                    {"id": pending["id"], "tick": pending["tick"]},
+                    self.horizon,
+                    merge_blobs,
+                )
+            except Exception as err:  # noqa: BLE001 - a failed write is reported
+                errors.append(f"driver: {type(err).__name__}: {err}")
+        if errors:
+            return self._failed(pending["id"], errors)
+        self.failures = 0
+        acks = pending["acks"].values()
+        entry = {
+            "id": pending["id"],
+            "tick": pending["tick"],
+            "time": pending["started"],
+            "workers": self.workers,
+            "bytes": driver_bytes + sum(a["bytes"] for a in acks),
+            "duration": time.perf_counter() - pending["t0"],
+            "pause": max([a["pause"] for a in acks], default=0.0),
+        }
+        self.horizon = self.manifest.commit(entry, self.config.keep)
+        self.history.append(entry)
+        return entry
+
+    def _failed(self, checkpoint: int, errors: list[str]) -> None:
+        self.failures += 1
+        log.warning("checkpoint %s failed: %s", checkpoint, "; ".join(errors))
+        if self.failures > self.config.max_failures:
+            raise CheckpointError(
+                f"{self.failures} checkpoints in a row failed; the last: "
+                + "; ".join(errors)
+                + f". The last good checkpoint in {self.config.directory!r} is "
+                f"still intact. Free disk space or fix the directory, then "
+                "resume the job"
+            )
+        return None
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def fingerprint(plan: Any) -> list[list[str]]:
+    """What identifies a pipeline for resuming: operator kinds and names."""
+    ops = [plan.source]
+    for stage in plan.stages:
+        ops += stage.operators
+        if stage.route is not None and stage.route.keyby is not None:
+            ops.append(stage.route.keyby)
+    return [[op.kind, op.name] for op in ops]
+
+
+# --- a worker's side -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerCheckpointing:
+    """What a forked worker needs to take part in checkpoints."""
+
+    directory: str
+    restore: RestorePoint | None
+    horizon: int
+    crash_at: int | None = None  # test hook: die while writing this id
+
+
+class WorkerCheckpointer:
+    """Captures a worker's stage instances at barriers, writes, acks.
+
+    Lives in the worker process; its LMDB environment is opened there,
+    never inherited across the fork.
+    """
+
+    def __init__(self, settings: WorkerCheckpointing, me: int, workers: int) -> None:
+        self.settings = settings
+        self.me = me
+        self.workers = workers
+        self.horizon = settings.horizon
+        self.store = Store(os.path.join(settings.directory, worker_store(me)))
+        self.stages: dict[int, Any] = {}
+        self.pending: dict[int, list[tuple[Any, Any, float]]] = {}
+        self.send: Any = None
+
+    def attach(self, stages: dict[int, Any], send: Any) -> None:
+        """Track ``stages``; restore them first when resuming."""
+        self.stages = stages
+        self.send = send
+        for stage in stages.values():
+            functions = [(spec.name, fn) for spec, fn in stage.functions]
+            stage.tracker = StageState(functions, keyed=stage.keyed_input)
+        point = self.settings.restore
+        if point is not None:
+            self._restore(point)
+
+    def _restore(self, point: RestorePoint) -> None:
+        others = [
+            Store(os.path.join(self.settings.directory, worker_store(i)), True)
+            for i in range(point.workers)
+            if i != self.me
+            and os.path.isdir(os.path.join(self.settings.directory, worker_store(i)))
+        ]
+        try:
+            stores = [self.store, *others]
+            own = self.store if self.me < point.workers else None
+            for stage in self.stages.values():
+                groups = owned_groups(self.me, self.workers, stage.plan.single)
+                stage.tracker.restore(stores, own, point, groups)
+                if point.workers != self.workers and stage.tracker.keyed:
+                    stage.tracker.rebase = groups
+                stage.start_at(point.tick, point.checkpoint)
+        finally:
+            for store in others:
+                store.close()
+
+    def on_barrier(self, stage: Any, checkpoint: int) -> None:
+        started = time.perf_counter()
+        keyed, plain = stage.tracker.capture()
+        parts = self.pending.setdefault(checkpoint, [])
+        parts.append((keyed, plain, time.perf_counter() - started))
+        if len(parts) == len(self.stages):
+            del self.pending[checkpoint]
+            self._write(checkpoint, parts)
+
+    def _write(self, checkpoint: int, parts: list[tuple[Any, Any, float]]) -> None:
+        started = time.perf_counter()
+        keyed: dict[Any, Any] = {}
+        plain: dict[Any, Any] = {}
+        for stage_keyed, stage_plain, _ in parts:
+            keyed.update(stage_keyed)
+            plain.update(stage_plain)
+        info: dict[str, Any] = {"pause": sum(p for _, _, p in parts)}
+        crash = None
+        if self.settings.crash_at == checkpoint:
+            crash = _crash_now
+        try:
+            info["bytes"] = self.store.write(
+                checkpoint,
+                keyed,
+                plain,
+                {"id": checkpoint, "worker": self.me},
+                self.horizon,
+                merge_blobs,
+                crash,
+            )
+        except Exception as err:  # noqa: BLE001 - the driver decides
+            info["error"] = f"worker {self.me}: {type(err).__name__}: {err}"
+            info["bytes"] = 0
+        info["write"] = time.perf_counter() - started
+        info["pause"] += info["write"]
+        self.send(-1, ("ack", checkpoint, info))
+
+    def on_commit(self, checkpoint: int, horizon: int) -> None:
+        self.horizon = horizon
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _crash_now() -> None:
+    # Test hook: die the way kill -9 would, in the middle of a write
+    # transaction that has put every blob but not committed.
+    os._exit(9)
+
+
+def purge_uncommitted(
+    directory: str, point: RestorePoint | None, driver: Store | None = None
+) -> None:
+    """Delete blobs of checkpoints after ``point`` from every store.
+
+    Such checkpoints died before committing. Their blobs would
+    otherwise be mistaken for later checkpoints' data once ids pass
+    them.
+    """
+    upto = point.checkpoint if point is not None else 0
+    names = [n for n in os.listdir(directory) if n.startswith("worker-")]
+    stores = [Store(os.path.join(directory, n)) for n in names]
+    if driver is None and os.path.isdir(os.path.join(directory, DRIVER_STORE)):
+        stores.append(Store(os.path.join(directory, DRIVER_STORE)))
+    for store in stores:
+        try:
+            if any(ident > upto for ident in store.checkpoints()):
+                store.purge_above(upto)
+        finally:
+            store.close()
+    if driver is not None and any(i > upto for i in driver.checkpoints()):
+        driver.purge_above(upto)
