@@ -599,6 +599,7 @@ class WorkerCheckpointing:
     restore: RestorePoint | None
     horizon: int
     crash_at: int | None = None  # test hook: die while writing this id
+    fail: frozenset[int] = frozenset()  # test hook: these writes fail
 
 
 class WorkerCheckpointer:
@@ -670,6 +671,8 @@ class WorkerCheckpointer:
         if self.settings.crash_at == checkpoint:
             crash = _crash_now
         try:
+            if checkpoint in self.settings.fail:
+                raise OSError(28, "No space left on device (test hook)")
             info["bytes"] = self.store.write(
                 checkpoint,
                 keyed,
@@ -682,6 +685,14 @@ class WorkerCheckpointer:
         except Exception as err:  # noqa: BLE001 - the driver decides
             info["error"] = f"worker {self.me}: {type(err).__name__}: {err}"
             info["bytes"] = 0
+            # The captured deltas are lost with the transaction, and the
+            # keys they covered are no longer marked as processed: the
+            # next checkpoint writes our groups whole instead.
+            for stage in self.stages.values():
+                if stage.tracker.keyed:
+                    stage.tracker.rebase = owned_groups(
+                        self.me, self.workers, stage.plan.single
+                    )
         info["write"] = time.perf_counter() - started
         info["pause"] += info["write"]
         self.send(-1, ("ack", checkpoint, info))

@@ -186,7 +186,7 @@ class Driver:
                 self.options.checkpoint.directory,  # type: ignore[union-attr]
                 self.restore,
                 self.coordinator.horizon,
-                _crash_hook(),
+                *_test_hooks(),
             )
         options = WorkerOptions(
             self.name, self.options.error_policy == "skip", checkpointing
@@ -215,6 +215,12 @@ class Driver:
 
     def run(self) -> JobResult:
         """Drive the job to its end; kill every worker on any failure."""
+        profile_dir = os.environ.get(PROFILE_DIR_ENV)
+        if profile_dir:
+            return _profiled(self._run_job, os.path.join(profile_dir, "driver.prof"))
+        return self._run_job()
+
+    def _run_job(self) -> JobResult:
         try:
             while True:
                 try:
@@ -243,7 +249,13 @@ class Driver:
             # resumes after the last record instead of replaying it.
             while self.coordinator.pending is not None:
                 self._service(0.1)
-            self._begin_checkpoint()
+            latest = self.coordinator.manifest.latest()
+            if (
+                latest is None
+                or latest["tick"] != self._ticks_sent
+                or latest["workers"] != self.workers
+            ):
+                self._begin_checkpoint()
         self._end_stream()
         while not (self.final.finished and len(self._done) == self.workers):
             self._service(0.5)
@@ -593,11 +605,17 @@ class Driver:
         )
 
 
-def _crash_hook() -> int | None:
-    # Test hook: SAGE_MP_TEST_CRASH_AT_CHECKPOINT=N makes a worker die
-    # in the middle of writing checkpoint N (see _checkpoint._crash_now).
-    value = os.environ.get("SAGE_MP_TEST_CRASH_AT_CHECKPOINT")
-    return int(value) if value else None
+def _test_hooks() -> tuple[int | None, frozenset[int]]:
+    # Fault injection for the test suite, off unless these are set:
+    # SAGE_MP_TEST_CRASH_AT_CHECKPOINT=N makes a worker die in the middle
+    # of writing checkpoint N; SAGE_MP_TEST_FAIL_CHECKPOINTS=2,3 makes
+    # the workers' writes of those checkpoints fail as a full disk would.
+    crash = os.environ.get("SAGE_MP_TEST_CRASH_AT_CHECKPOINT")
+    fail = os.environ.get("SAGE_MP_TEST_FAIL_CHECKPOINTS", "")
+    return (
+        int(crash) if crash else None,
+        frozenset(int(part) for part in fail.split(",") if part.strip()),
+    )
 
 
 def _failure_error(report: FailureReport) -> JobFailed:
@@ -613,5 +631,31 @@ def _failure_error(report: FailureReport) -> JobFailed:
 
 def _worker_main(pipes: PipeSet, me: int, plan: Plan, options: WorkerOptions) -> None:
     endpoint = pipes.endpoint(me)
-    code = run_worker(plan, me, pipes.workers, endpoint, options)
+    profile_dir = os.environ.get(PROFILE_DIR_ENV)
+    if profile_dir:
+        path = os.path.join(profile_dir, f"worker-{me}.prof")
+        code = _profiled(
+            lambda: run_worker(plan, me, pipes.workers, endpoint, options), path
+        )
+    else:
+        code = run_worker(plan, me, pipes.workers, endpoint, options)
     sys.exit(code)
+
+
+#: Set (by ``python -m sage_mp run --profile DIR``) to a folder: the
+#: driver and every worker then run under cProfile and write
+#: ``driver.prof`` and ``worker-N.prof`` there.
+PROFILE_DIR_ENV = "SAGE_MP_PROFILE_DIR"
+
+
+def _profiled(run: Any, path: str) -> Any:
+    """Call ``run()`` under cProfile; write the profile to ``path``."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        return run()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(path)

@@ -72,6 +72,9 @@ class LocalEnvironment:
         max_restarts: restarts from the last checkpoint after a worker
             dies, before the job fails (default 3).
         keep_checkpoints: committed checkpoints kept (default 3).
+        max_checkpoint_failures: checkpoints in a row that may fail (a
+            full disk, say) while the job goes on; one more fails the
+            job (default 3).
         fresh: start from empty state, deleting the checkpoints in
             ``checkpoint_dir`` instead of resuming from them.
 
@@ -93,6 +96,7 @@ class LocalEnvironment:
         checkpoint_interval: float | None = None,
         max_restarts: int | None = None,
         keep_checkpoints: int | None = None,
+        max_checkpoint_failures: int | None = None,
         fresh: bool | None = None,
         **unknown: Any,
     ) -> None:
@@ -101,7 +105,8 @@ class LocalEnvironment:
                 f"LocalEnvironment({name!r}) got unknown options "
                 f"{sorted(unknown)}; expected workers, config, batch_size, "
                 "linger, error_policy, dead_letter_path, checkpoint_dir, "
-                "checkpoint_interval, max_restarts, keep_checkpoints, fresh"
+                "checkpoint_interval, max_restarts, keep_checkpoints, "
+                "max_checkpoint_failures, fresh"
             )
         config = dict(config or {})
         self.name = name
@@ -124,6 +129,7 @@ class LocalEnvironment:
         )
         self.max_restarts = _pick(max_restarts, tolerance.get("max_restarts"), 3)
         self.keep_checkpoints = _pick(keep_checkpoints, 3)
+        self.max_checkpoint_failures = _pick(max_checkpoint_failures, 3)
         self.fresh = bool(fresh)
         self._source: OperatorSpec | None = None
         self._operators: list[OperatorSpec] = []
@@ -236,6 +242,7 @@ class LocalEnvironment:
         for label, value in (
             ("max_restarts", self.max_restarts),
             ("keep_checkpoints", self.keep_checkpoints),
+            ("max_checkpoint_failures", self.max_checkpoint_failures),
         ):
             if not isinstance(value, int) or value < (1 if label == "keep_checkpoints" else 0):
                 raise PipelineError(
@@ -247,6 +254,7 @@ class LocalEnvironment:
             interval=float(interval),
             keep=self.keep_checkpoints,
             max_restarts=self.max_restarts,
+            max_failures=self.max_checkpoint_failures,
             fresh=bool(OVERRIDES.get("fresh") or self.fresh),
         )
 

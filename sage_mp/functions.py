@@ -19,10 +19,13 @@ Every instance attribute is state (see :mod:`sage_mp.state`).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from .state import state_of
 
 __all__ = [
     "BaseFunction",
@@ -79,6 +82,44 @@ class BaseFunction:
         raise NotImplementedError(
             f"{type(self).__name__} must implement execute(self, data)"
         )
+
+    def get_state(self) -> dict[str, Any]:
+        """Return a deep copy of this instance's state, as SAGE does.
+
+        The state is every attribute that :mod:`sage_mp.state` counts:
+        all instance attributes except ``ctx``, ``logger``, ``_logger``
+        and ``runtime_context``, and except private ``_names`` unless
+        ``__state_include__`` lists them; a non-empty
+        ``__state_include__`` keeps only what it lists, and
+        ``__state_exclude__`` drops more. The copy shares nothing with
+        the live attributes, so later records cannot change it.
+        """
+        state = {}
+        for name, value in state_of(self).items():
+            try:
+                state[name] = copy.deepcopy(value)
+            except Exception as err:
+                raise TypeError(
+                    f"{type(self).__name__}.get_state(): attribute {name!r} "
+                    f"({type(value).__name__}) cannot be copied: {err}; list "
+                    "it in __state_exclude__ if it is not state"
+                ) from err
+        return state
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Set each ``name: value`` of ``state`` as an attribute.
+
+        Meant for a dict from :meth:`get_state`. Values are deep-copied,
+        so one saved state can be restored into several instances.
+        Attributes that ``state`` does not name are left as they are.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(
+                f"{type(self).__name__}.restore_state() expected the dict "
+                f"that get_state() returned, got {type(state).__name__}"
+            )
+        for name, value in copy.deepcopy(state).items():
+            setattr(self, name, value)
 
 
 class SourceFunction(BaseFunction):
@@ -140,9 +181,16 @@ class StatefulFunction(MapFunction):
     code reads as it did, and for ``save_state``.
     """
 
+    def save_state(self) -> dict[str, Any]:
+        """Return :meth:`get_state`: a deep copy of the state attributes."""
+        return self.get_state()
+
 
 class _Wrapped(BaseFunction):
     """Adapts a plain callable to a function class."""
+
+    # The callable is code, not state; closures keep their own state.
+    __state_exclude__ = ["fn"]
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         super().__init__()
@@ -153,6 +201,8 @@ class _Wrapped(BaseFunction):
 
 
 class _WrappedSource(SourceFunction):
+    __state_exclude__ = ["fn"]
+
     def __init__(self, fn: Callable[[], Any]) -> None:
         super().__init__()
         self.fn = fn
@@ -168,6 +218,10 @@ class CollectionSource(SourceFunction):
     again and that many items are skipped. ``None`` items are skipped,
     since ``None`` is never a record.
     """
+
+    # The items come from the job script again on resume; only the
+    # position is state.
+    __state_include__ = ["position"]
 
     def __init__(self, items: Iterable[Any]) -> None:
         super().__init__()

@@ -1,0 +1,438 @@
+"""Checkpoints, recovery, resume and rescale, with real processes.
+
+Workers and drivers are really killed with SIGKILL; every exactness
+check compares with a plain Python computation of the same events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from sage_mp import (
+    CheckpointError,
+    IncompatibleCheckpoint,
+    LocalEnvironment,
+    MapFunction,
+    SinkFunction,
+    WorkerDied,
+)
+from sage_mp._inspect import dump_state, list_checkpoints
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ckpt_job  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_job(directory, evs, workers, spin=0, **options):
+    ckpt_job.LastSeen.latest = {}
+    env = LocalEnvironment(
+        "ckpt_job",
+        workers=workers,
+        checkpoint_dir=str(directory),
+        checkpoint_interval=options.pop("interval", 0.05),
+        **options,
+    )
+    ckpt_job.build(env, evs, spin)
+    return env.submit(autostop=True)
+
+
+def saved_sessions(directory):
+    return dump_state(str(directory), operator="Sessions")["Sessions"]["sessions"]
+
+
+def kill_workers_repeatedly(directory, times, rng, every=2):
+    """Kill a random worker after every ``every`` new committed checkpoints.
+
+    Tied to the job's progress rather than the clock, so a loaded
+    machine changes nothing but the duration.
+    """
+    manifest = os.path.join(str(directory), "MANIFEST.json")
+
+    def committed():
+        try:
+            with open(manifest) as handle:
+                return json.load(handle)["checkpoints"][-1]["id"]
+        except (OSError, ValueError, IndexError, KeyError):
+            return 0
+
+    def loop():
+        me = psutil.Process()
+        deadline = time.monotonic() + 120
+        for _ in range(times):
+            target = committed() + every
+            while committed() < target and time.monotonic() < deadline:
+                time.sleep(0.01)
+            children = me.children()
+            if not children:
+                return
+            os.kill(rng.choice(children).pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_killed_workers_leave_state_exactly_once(tmp_path, workers):
+    """kill -9 of random workers, three times: per-key state is exact."""
+    evs = ckpt_job.events(200_000)
+    killer = kill_workers_repeatedly(tmp_path / "ck", 3, random.Random(workers))
+    result = run_job(tmp_path / "ck", evs, workers, spin=300, max_restarts=10)
+    killer.join()
+
+    assert result.restarts >= 1
+    assert result.records == len(evs)
+    assert saved_sessions(tmp_path / "ck") == ckpt_job.expected(evs)
+    assert ckpt_job.LastSeen.latest == ckpt_job.expected(evs)
+
+
+def test_final_checkpoint_covers_every_record(tmp_path):
+    """A finite job ends with a checkpoint whose source position is the end."""
+    evs = ckpt_job.events(5_000)
+    result = run_job(tmp_path / "ck", evs, 2, interval=30.0)
+
+    assert result.checkpoints[-1]["records"] == len(evs)
+    state = dump_state(str(tmp_path / "ck"), operator="collection")
+    assert state["collection"]["position"] == len(evs)
+
+
+def test_resume_processes_only_new_records(tmp_path):
+    """A rerun resumes after the last checkpoint and reads no record twice."""
+    evs = ckpt_job.events(20_000)
+    run_job(tmp_path / "ck", evs[:8_000], 2)
+    result = run_job(tmp_path / "ck", evs, 2)
+
+    assert result.resumed_from is not None
+    assert result.operators["Sessions"]["in"] == 12_000
+    assert saved_sessions(tmp_path / "ck") == ckpt_job.expected(evs)
+
+
+def test_killed_driver_resumes_exactly(tmp_path):
+    """kill -9 of the driver mid-run, then a rerun: exact, no orphans."""
+    directory = tmp_path / "ck"
+    command = [
+        sys.executable, "-m", "sage_mp", "run", os.path.join(HERE, "ckpt_job.py"),
+        "--checkpoint-dir", str(directory), "200000", "1000",
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (directory / "MANIFEST.json").exists():
+            manifest = json.loads((directory / "MANIFEST.json").read_text())
+            if len(manifest["checkpoints"]) >= 2:
+                break
+        time.sleep(0.01)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the job should have running workers"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, "workers must not outlive a killed driver"
+    first = json.loads((directory / "MANIFEST.json").read_text())["checkpoints"]
+    assert first[-1]["records"] < 200_000
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert saved_sessions(directory) == ckpt_job.expected(ckpt_job.events(200_000))
+
+
+def test_crash_during_checkpoint_write(tmp_path, monkeypatch):
+    """A worker dying inside a checkpoint's write transaction loses nothing."""
+    monkeypatch.setenv("SAGE_MP_TEST_CRASH_AT_CHECKPOINT", "3")
+    evs = ckpt_job.events(100_000)
+    result = run_job(tmp_path / "ck", evs, 2, spin=300, interval=0.02)
+
+    assert result.restarts == 1
+    assert 3 not in [c["id"] for c in result.checkpoints]
+    assert saved_sessions(tmp_path / "ck") == ckpt_job.expected(evs)
+
+
+def test_failed_checkpoints_are_survived(tmp_path, monkeypatch, caplog):
+    """Failed checkpoint writes are reported; the job goes on and is exact."""
+    monkeypatch.setenv("SAGE_MP_TEST_FAIL_CHECKPOINTS", "2,3")
+    evs = ckpt_job.events(60_000)
+    result = run_job(tmp_path / "ck", evs, 2, spin=300, interval=0.02)
+
+    ids = [c["id"] for c in result.checkpoints]
+    assert 2 not in ids and 3 not in ids and ids
+    assert "checkpoint 2 failed" in caplog.text
+    assert saved_sessions(tmp_path / "ck") == ckpt_job.expected(evs)
+
+
+def test_too_many_failed_checkpoints_fail_the_job(tmp_path, monkeypatch):
+    """More consecutive failures than allowed stop the job with a clear error."""
+    monkeypatch.setenv("SAGE_MP_TEST_FAIL_CHECKPOINTS", ",".join(map(str, range(1, 99))))
+    with pytest.raises(CheckpointError, match="in a row failed"):
+        run_job(tmp_path / "ck", ckpt_job.events(60_000), 2, spin=300,
+                interval=0.01, max_checkpoint_failures=2)
+
+
+@pytest.mark.parametrize("before,after", [(4, 2), (2, 3), (1, 4)])
+def test_rescale_keeps_per_key_entries(tmp_path, before, after):
+    """Resuming with another worker count moves keyed state exactly."""
+    evs = ckpt_job.events(30_000)
+    run_job(tmp_path / "ck", evs[:15_000], before)
+    saved = saved_sessions(tmp_path / "ck")
+    assert saved == ckpt_job.expected(evs[:15_000])
+
+    result = run_job(tmp_path / "ck", evs[:15_000], after)
+    assert result.operators["Sessions"]["in"] == 0
+    assert result.checkpoints[-1]["workers"] == after
+    assert saved_sessions(tmp_path / "ck") == saved
+
+    run_job(tmp_path / "ck", evs, after)
+    assert saved_sessions(tmp_path / "ck") == ckpt_job.expected(evs)
+
+
+def test_rescale_maps_unkeyed_attributes_by_worker_index(tmp_path):
+    """Non-keyed attributes go to the worker with the same index."""
+    evs = ckpt_job.events(10_000)
+    run_job(tmp_path / "ck", evs, 3)
+    per_worker = dump_state(str(tmp_path / "ck"))["Sessions"]["records"]
+    assert sum(per_worker.values()) == len(evs)
+
+    run_job(tmp_path / "ck", evs, 2)
+    after = dump_state(str(tmp_path / "ck"))["Sessions"]["records"]
+    assert after == {k: per_worker[k] for k in ("worker-0", "worker-1")}
+
+
+class Rules(MapFunction):
+    __state_exclude__ = ["scratch"]
+
+    def __init__(self):
+        super().__init__()
+        self.kept = {}
+        self.scratch = {}
+        self._private = 1
+        self.lock = None
+
+    def execute(self, value):
+        self.kept[self.ctx.get_key()] = value
+        self.scratch[value] = value
+        return value
+
+
+class OnlyListed(MapFunction):
+    __state_include__ = ["_chosen"]
+
+    def __init__(self):
+        super().__init__()
+        self._chosen = 0
+        self.visible = 0
+
+    def execute(self, value):
+        self._chosen += 1
+        self.visible += 1
+        return value
+
+
+class Drop(SinkFunction):
+    def execute(self, value):
+        pass
+
+
+def test_include_and_exclude_rules(tmp_path):
+    """ctx/private/excluded attributes are not state; included ones are."""
+    env = LocalEnvironment("rules", workers=2, checkpoint_dir=str(tmp_path / "ck"))
+    (env.from_collection(range(100)).keyby(lambda v: v % 5)
+        .map(Rules).map(OnlyListed).sink(Drop))
+    env.submit(autostop=True)
+    state = dump_state(str(tmp_path / "ck"))
+
+    assert set(state["Rules"]) == {"kept", "lock"}
+    assert state["Rules"]["kept"][4] == 99
+    assert set(state["OnlyListed"]) == {"_chosen"}
+
+
+class Unpicklable(MapFunction):
+    def __init__(self):
+        super().__init__()
+        self.handle = (n for n in range(3))
+
+    def execute(self, value):
+        return value
+
+
+def test_unserializable_attribute_fails_with_advice(tmp_path):
+    """An attribute that cannot be saved names itself and __state_exclude__."""
+    env = LocalEnvironment("bad", workers=2, checkpoint_dir=str(tmp_path / "ck"))
+    env.from_collection(range(100)).keyby(lambda v: v).map(Unpicklable).sink(Drop)
+    with pytest.raises(CheckpointError) as caught:
+        env.submit(autostop=True)
+    message = str(caught.value)
+    assert "'handle'" in message and "'Unpicklable'" in message
+    assert "__state_exclude__" in message
+
+
+def test_another_pipeline_is_refused(tmp_path):
+    """A directory written by another pipeline is refused, not overwritten."""
+    run_job(tmp_path / "ck", ckpt_job.events(1_000), 1)
+    before = (tmp_path / "ck" / "MANIFEST.json").read_text()
+    env = LocalEnvironment("other", workers=1, checkpoint_dir=str(tmp_path / "ck"))
+    env.from_collection(range(10)).map(lambda v: v).sink(Drop)
+    with pytest.raises(IncompatibleCheckpoint, match="another pipeline"):
+        env.submit(autostop=True)
+    assert (tmp_path / "ck" / "MANIFEST.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [("format", 99, "checkpoint format"), ("key_groups", 128, "key groups")],
+)
+def test_unreadable_or_changed_format_is_refused(tmp_path, field, value, message):
+    """A changed format version or key-group count is refused with a reason."""
+    run_job(tmp_path / "ck", ckpt_job.events(1_000), 1)
+    path = tmp_path / "ck" / "MANIFEST.json"
+    manifest = json.loads(path.read_text())
+    manifest[field] = value
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(IncompatibleCheckpoint, match=message):
+        run_job(tmp_path / "ck", ckpt_job.events(1_000), 1)
+
+
+def test_foreign_directory_is_refused(tmp_path):
+    """A non-empty directory without a manifest is never written into."""
+    directory = tmp_path / "mine"
+    directory.mkdir(mode=0o700)
+    (directory / "notes.txt").write_text("keep me")
+    with pytest.raises(IncompatibleCheckpoint, match="not a sage_mp checkpoint"):
+        run_job(directory, ckpt_job.events(100), 1)
+    assert os.listdir(directory) == ["notes.txt"]
+
+
+def test_directory_writable_by_others_is_refused(tmp_path):
+    """Restoring unpickles data, so a world-writable directory is refused."""
+    run_job(tmp_path / "ck", ckpt_job.events(1_000), 1)
+    os.chmod(tmp_path / "ck", 0o777)
+    with pytest.raises(IncompatibleCheckpoint, match="chmod 700"):
+        run_job(tmp_path / "ck", ckpt_job.events(1_000), 1)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to chown")
+def test_directory_of_another_user_is_refused(tmp_path):
+    """A checkpoint directory owned by someone else is refused."""
+    run_job(tmp_path / "ck", ckpt_job.events(1_000), 1)
+    os.chown(tmp_path / "ck", 65534, 65534)
+    with pytest.raises(IncompatibleCheckpoint, match="owned by uid 65534"):
+        run_job(tmp_path / "ck", ckpt_job.events(1_000), 1)
+
+
+def test_new_directory_is_private(tmp_path):
+    """The engine creates checkpoint directories with mode 0700."""
+    run_job(tmp_path / "ck", ckpt_job.events(100), 1)
+    assert (os.stat(tmp_path / "ck").st_mode & 0o777) == 0o700
+
+
+def test_fresh_starts_from_empty_state(tmp_path):
+    """fresh=True discards the old checkpoints instead of resuming."""
+    evs = ckpt_job.events(4_000)
+    run_job(tmp_path / "ck", evs, 2)
+    result = run_job(tmp_path / "ck", evs[:1_000], 2, fresh=True)
+    assert result.resumed_from is None
+    assert saved_sessions(tmp_path / "ck") == ckpt_job.expected(evs[:1_000])
+
+
+def test_restart_budget_is_enforced(tmp_path):
+    """After max_restarts recoveries the job fails and says why."""
+    evs = ckpt_job.events(200_000)
+    kill_workers_repeatedly(tmp_path / "ck", 3, random.Random(1), every=1)
+    with pytest.raises(WorkerDied, match="max_restarts=1"):
+        run_job(tmp_path / "ck", evs, 2, spin=300, max_restarts=1)
+
+
+def test_old_checkpoints_are_collected(tmp_path):
+    """Only keep_checkpoints committed checkpoints stay listed."""
+    result = run_job(tmp_path / "ck", ckpt_job.events(50_000), 2, spin=300,
+                     interval=0.01, keep_checkpoints=2)
+    assert len(result.checkpoints) > 3
+    committed = [r for r in list_checkpoints(str(tmp_path / "ck"))
+                 if r["status"] == "committed"]
+    assert [r["id"] for r in committed] == [c["id"] for c in result.checkpoints[-2:]]
+
+
+def test_map_grows_instead_of_failing(tmp_path, monkeypatch):
+    """A store whose LMDB map is full grows it; the job does not fail."""
+    import sage_mp._store as store
+
+    monkeypatch.setattr(store, "_INITIAL_MAP", 256 * 1024)
+    evs = ckpt_job.events(20_000)
+    big = [dict(e, pad="x" * 200) for e in evs]
+    run_job(tmp_path / "ck", big, 2)
+    assert saved_sessions(tmp_path / "ck") == ckpt_job.expected(evs)
+
+
+def test_state_cli_ls_and_dump(tmp_path):
+    """`state ls` lists committed checkpoints; `state dump` prints merged JSON."""
+    evs = ckpt_job.events(5_000)
+    run_job(tmp_path / "ck", evs, 3)
+    base = [sys.executable, "-m", "sage_mp", "state"]
+
+    listing = subprocess.run(base + ["ls", str(tmp_path / "ck")],
+                             capture_output=True, text=True, check=True)
+    assert "committed" in listing.stdout and "workers" in listing.stdout
+
+    dump = subprocess.run(base + ["dump", str(tmp_path / "ck"), "--json"],
+                          capture_output=True, text=True, check=True)
+    state = json.loads(dump.stdout)
+    assert state["Sessions"]["sessions"] == ckpt_job.expected(evs)
+    assert sum(state["Sessions"]["records"].values()) == len(evs)
+
+    one = subprocess.run(base + ["dump", str(tmp_path / "ck"), "--key", "u7",
+                                 "--operator", "Sessions", "--json"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(one.stdout) == {
+        "Sessions": {"sessions": {"u7": ckpt_job.expected(evs)["u7"]}}
+    }
+
+
+def test_state_cli_refuses_a_non_checkpoint_directory(tmp_path):
+    """`state ls` on an ordinary directory fails with a clear message."""
+    out = subprocess.run([sys.executable, "-m", "sage_mp", "state", "ls",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "not a sage_mp checkpoint directory" in out.stderr
+
+
+def test_reading_a_running_job_does_not_disturb_it(tmp_path):
+    """`state dump` from another process while checkpoints are written."""
+    evs = ckpt_job.events(150_000)
+    directory = tmp_path / "ck"
+    sizes = []
+
+    def read_while_running():
+        deadline = time.monotonic() + 60
+        command = [sys.executable, "-m", "sage_mp", "state", "dump",
+                   str(directory), "--operator", "Sessions"]
+        while time.monotonic() < deadline and len(sizes) < 5:
+            out = subprocess.run(command, capture_output=True, text=True)
+            if out.returncode == 0:
+                sizes.append(len(json.loads(out.stdout)["Sessions"]["sessions"]))
+
+    reader = threading.Thread(target=read_while_running)
+    reader.start()
+    run_job(directory, evs, 2, spin=300)
+    reader.join()
+    assert sizes, "the reader should have read at least one checkpoint"
+    assert saved_sessions(directory) == ckpt_job.expected(evs)
+
+
+def test_cli_flags_override_the_script(tmp_path):
+    """--checkpoint-dir and --fresh on the command line take effect."""
+    script = os.path.join(HERE, "ckpt_job.py")
+    directory = tmp_path / "ck"
+    base = [sys.executable, "-m", "sage_mp", "run", script,
+            "--checkpoint-dir", str(directory), "--checkpoint-interval", "0.5"]
+    subprocess.run(base + ["3000"], check=True, capture_output=True)
+    subprocess.run(base + ["--fresh", "1000"], check=True, capture_output=True)
+    assert saved_sessions(directory) == ckpt_job.expected(ckpt_job.events(1000))
