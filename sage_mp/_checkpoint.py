@@ -147,6 +147,10 @@ class StageState:
         self.dirty: set[Any] = set()
         # (op, attr) of keyed attributes -> keys stored for it so far.
         self.stored: dict[tuple[str, str], set[Any]] = {}
+        # TODO: After a rescale down, blobs in the stores of removed
+        # workers are never deleted (they cost disk, not correctness);
+        # the driver could drop those stores once every group they hold
+        # has a newer base elsewhere.
         # After a restore with another worker count, the base blobs of
         # our groups sit in other workers' stores; the next capture
         # writes a base for every group we own, so that our own store is
@@ -181,10 +185,11 @@ class StageState:
         slot = (op, attr)
         first = slot not in self.stored or self.rebase is not None
         stored = self.stored.setdefault(slot, set())
+        deleted: list[Any] = []
         if first:
-            changed, deleted = list(value), []
+            changed = list(value)
         else:
-            changed, deleted = [], []
+            changed = []
             for key in dirty:
                 if key in value:
                     changed.append(key)
@@ -234,6 +239,9 @@ class StageState:
                 if data is not None:
                     setattr(fn, attr, loads(data))
 
+    # TODO: Entries come back grouped by key group, not in the dict's
+    # old insertion order; keeping it would need a per-entry sequence
+    # number in every blob and a sort at restore.
     def _restore_keyed(
         self, fn: Any, slot: tuple[str, str], stores: list[Store],
         point: RestorePoint, groups: range,
@@ -360,14 +368,15 @@ def check_safe(directory: str) -> None:
         )
 
 
-def open_directory(
-    config: CheckpointConfig, fingerprint: list[list[str]], job: str
-) -> Manifest:
-    """Create, wipe (fresh) or check the directory; return its manifest."""
-    directory = config.directory
+def check_directory(directory: str) -> None:
+    """Refuse a path that cannot hold this job's checkpoints.
+
+    Creates and changes nothing, so the CLI calls it before a job
+    script runs; a path that does not exist yet passes.
+    """
     if not os.path.exists(directory):
-        os.makedirs(directory, mode=0o700)
-    elif not os.path.isdir(directory):
+        return
+    if not os.path.isdir(directory):
         raise IncompatibleCheckpoint(
             f"checkpoint directory {directory!r} exists and is not a directory"
         )
@@ -379,6 +388,17 @@ def open_directory(
             "sage_mp checkpoint directory, and sage_mp will not write into "
             "it. Pick an empty or new directory"
         )
+
+
+def open_directory(
+    config: CheckpointConfig, fingerprint: list[list[str]], job: str
+) -> Manifest:
+    """Create, wipe (fresh) or check the directory; return its manifest."""
+    directory = config.directory
+    if not os.path.exists(directory):
+        os.makedirs(directory, mode=0o700)
+    check_directory(directory)
+    has_manifest = os.path.isfile(os.path.join(directory, MANIFEST))
     if has_manifest and config.fresh:
         _wipe(directory)
         has_manifest = False
@@ -545,7 +565,8 @@ class Coordinator:
             except Exception as err:  # noqa: BLE001 - a failed write is reported
                 errors.append(f"driver: {type(err).__name__}: {err}")
         if errors:
-            return self._failed(pending["id"], errors)
+            self._failed(pending["id"], errors)
+            return None
         self.failures = 0
         acks = pending["acks"].values()
         entry = {
@@ -556,12 +577,14 @@ class Coordinator:
             "bytes": driver_bytes + sum(a["bytes"] for a in acks),
             "duration": time.perf_counter() - pending["t0"],
             "pause": max([a["pause"] for a in acks], default=0.0),
+            "records": pending.get("records", 0),
         }
         self.horizon = self.manifest.commit(entry, self.config.keep)
         self.history.append(entry)
         return entry
 
     def _failed(self, checkpoint: int, errors: list[str]) -> None:
+        """Count a failed checkpoint; raise when too many failed in a row."""
         self.failures += 1
         log.warning("checkpoint %s failed: %s", checkpoint, "; ".join(errors))
         if self.failures > self.config.max_failures:

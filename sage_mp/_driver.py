@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -35,6 +36,8 @@ from ._checkpoint import (
     open_directory,
     purge_uncommitted,
 )
+from ._logs import emit_forwarded
+from ._metrics import operator_busy
 from ._plan import Plan
 from ._snapshot import Batch, freeze_into, thaw
 from ._stage import StageFailure, StageInstance
@@ -87,11 +90,45 @@ class JobResult:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     restarts: int = 0
     resumed_from: int | None = None
+    #: Operator name -> source, map, filter, flatmap, keyby or sink.
+    operator_kinds: dict[str, str] = field(default_factory=dict)
+    #: Operator name -> busy seconds summed over its instances (None
+    #: for the source); what the figure means: :mod:`sage_mp._report`.
+    operator_busy: dict[str, float | None] = field(default_factory=dict)
+    #: CPU seconds of the driver thread and peak RSS (bytes) of the
+    #: driver's whole process.
+    driver_stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
         """Source records per second of wall time."""
         return self.records / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def records_out(self) -> int:
+        """Records that reached the pipeline's sinks."""
+        from ._report import records_out
+
+        return records_out(self)
+
+    @property
+    def checkpoint_stats(self) -> dict[str, Any]:
+        """Count, median and max duration (s) and size (bytes) of checkpoints."""
+        from ._report import checkpoint_stats
+
+        return checkpoint_stats(self.checkpoints)
+
+    def report(self) -> str:
+        """The end-of-run report that ``python -m sage_mp run`` prints."""
+        from ._report import format_report
+
+        return format_report(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every figure of the result as JSON-ready values."""
+        from ._report import result_dict
+
+        return result_dict(self)
 
     def __str__(self) -> str:
         lines = [
@@ -145,6 +182,12 @@ class Driver:
         self.restore: RestorePoint | None = None
         self.resumed_from: int | None = None
         self.restarts = 0
+        self._aborted = False
+        # Records per tick for the last ticks in flight, indexed by tick
+        # modulo its length: lets a monitor thread count the records
+        # still inside the pipeline without a lock (see _metrics).
+        self.tick_sizes = [0] * (options.in_flight + 2)
+        self._cpu_at_start = 0.0
 
     # -- lifecycle
 
@@ -210,6 +253,7 @@ class Driver:
 
     def abort(self) -> None:
         """Kill the workers now; the job fails. Safe from any thread."""
+        self._aborted = True
         self._stop.set()
         self._kill()
 
@@ -221,6 +265,7 @@ class Driver:
         return self._run_job()
 
     def _run_job(self) -> JobResult:
+        self._cpu_at_start = time.thread_time()
         try:
             while True:
                 try:
@@ -261,12 +306,15 @@ class Driver:
             self._service(0.5)
         while self.coordinator is not None and self.coordinator.pending is not None:
             self._service(0.1)
+        # The final stage's own messages (dead letters of the driver's
+        # sink) wait in the endpoint until the next receive.
+        self._service(0)
         self._join()
 
     def _recover(self, died: WorkerDied) -> None:
         """Restart every worker from the last committed checkpoint."""
         config = self.options.checkpoint
-        if self.coordinator is None or config is None:
+        if self.coordinator is None or config is None or self._aborted:
             raise died
         if self.restarts >= config.max_restarts:
             raise WorkerDied(
@@ -288,6 +336,11 @@ class Driver:
             config.max_restarts,
             self.restore.checkpoint if self.restore else "(none: from the start)",
         )
+        # TODO: The killed workers' operator counts are lost, so a
+        # JobResult after a recovery counts only the work since the
+        # restored checkpoint; saving the counts in each checkpoint would
+        # fix it. The old source is also dropped without close(), since
+        # close() means "end of stream" to the user's code.
         self._done = {}
         self._source_done = False
         self._next_poll = 0.0
@@ -380,12 +433,9 @@ class Driver:
         expected = 2 if self.head is not None else 1
         if not coordinator.ready(expected):
             return
-        records = coordinator.pending["records"]  # type: ignore[index]
         entry = coordinator.commit()
         if entry is None:
             return
-        entry["records"] = records
-        coordinator.manifest.save()
         log.info(
             "checkpoint %s committed: tick %s, %s bytes, %.3f s",
             entry["id"], entry["tick"], entry["bytes"], entry["duration"],
@@ -426,7 +476,8 @@ class Driver:
                 batch.values += items
                 continue
             try:
-                record = source.execute()
+                # SAGE sources define execute(self) with no argument.
+                record = source.execute()  # type: ignore[call-arg]
             except Exception as err:
                 raise self._source_error(err, "execute") from err
             if record is None:
@@ -446,6 +497,7 @@ class Driver:
 
     def _send_tick(self, batch: Batch) -> None:
         tick = self._ticks_sent
+        self.tick_sizes[tick % len(self.tick_sizes)] = len(batch)
         self._records += len(batch)
         if self.head is None:
             message = (P.BATCH, 0, tick, None, None, batch.values, batch.frozen)
@@ -499,6 +551,8 @@ class Driver:
                 self._dead_letter(message[1])
             elif kind == P.DONE:
                 self._done[sender] = message[1]
+            elif kind == P.LOG:
+                emit_forwarded(message[1], sender)
             elif kind == P.ACK and self.coordinator is not None:
                 self.coordinator.ack(sender, message[1], message[2])
             elif kind == P.FAILED:
@@ -589,6 +643,20 @@ class Driver:
                 total = operators.setdefault(name, {"in": 0, "out": 0, "skipped": 0})
                 for field_name in ("in", "out", "skipped"):
                     total[field_name] += counts[field_name]
+        kinds = {name: kind for kind, name in fingerprint(self.plan)}
+        place = {name: position for position, name in enumerate(kinds)}
+        operators = {  # in pipeline order, for the report
+            name: operators[name]
+            for name in sorted(operators, key=lambda n: place.get(n, len(place)))
+        }
+        driver_stages = [s for s in (self.head, self.final) if s is not None]
+        parts = [operator_busy(driver_stages), *(s.get("busy", {}) for s in stats)]
+        busy = {
+            name: sum(p[name] for p in parts if name in p)
+            if any(name in p for p in parts)
+            else None
+            for name in operators
+        }
         return JobResult(
             name=self.name,
             workers=self.workers,
@@ -602,6 +670,12 @@ class Driver:
             checkpoints=list(self.coordinator.history) if self.coordinator else [],
             restarts=self.restarts,
             resumed_from=self.resumed_from,
+            operator_kinds={name: kinds.get(name, "") for name in operators},
+            operator_busy=busy,
+            driver_stats={
+                "cpu": time.thread_time() - self._cpu_at_start,
+                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            },
         )
 
 

@@ -61,11 +61,17 @@ def _canonical_other(key: Any) -> bytes:
     if isinstance(key, enum.Enum):
         name = f"{type(key).__module__}.{type(key).__qualname__}.{key.name}"
         return b"e" + name.encode()
-    if isinstance(key, (str, int, float, bytes, tuple)):
-        # Subclasses of the atomic types route like their base value.
-        for base in (bool, int, float, str, bytes, tuple):
-            if isinstance(key, base):
-                return canonical_key(base(key))
+    # Subclasses of the atomic types route like their base value.
+    if isinstance(key, int):
+        return canonical_key(int(key))
+    if isinstance(key, float):
+        return canonical_key(float(key))
+    if isinstance(key, str):
+        return canonical_key(str(key))
+    if isinstance(key, bytes):
+        return canonical_key(bytes(key))
+    if isinstance(key, tuple):
+        return canonical_key(tuple(key))
     if isinstance(key, (datetime.datetime, datetime.date, datetime.time)):
         return b"d" + key.isoformat().encode()
     if isinstance(key, uuid.UUID):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .errors import PipelineError
 from .functions import (
@@ -61,7 +61,7 @@ class OperatorSpec:
         """Build the function instance; call in the process that runs it."""
         fn = self.function
         if inspect.isclass(fn):
-            return fn(*self.args, **self.kwargs)  # type: ignore[no-any-return]
+            return cast(BaseFunction, fn(*self.args, **self.kwargs))
         if isinstance(fn, BaseFunction):
             return fn
         if self.kind == "source":

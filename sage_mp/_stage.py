@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _protocol as P
+from ._chain import compile_chain
 from ._partition import key_group, worker_for_group
 from ._plan import OperatorSpec, Route, StagePlan
 from ._snapshot import Batch, freeze_into, thaw
@@ -113,7 +114,7 @@ class _SinkNode(_Node):
         self.execute(value)
 
 
-_NODES = {
+_NODES: dict[str, type[_MapNode | _FilterNode | _FlatMapNode | _SinkNode]] = {
     "map": _MapNode,
     "filter": _FilterNode,
     "flatmap": _FlatMapNode,
@@ -304,6 +305,15 @@ class StageInstance:
         if plan.route is not None:
             self.emitter = self._make_emitter(plan, next_stage, extract)
             tail = self.emitter.push
+        # A stage of nothing but a hash keyby whose values need no
+        # freezing routes whole ticks in one loop (see _route_all).
+        self._route_only: _HashEmitter | None = None
+        if (
+            not plan.operators
+            and isinstance(self.emitter, _HashEmitter)
+            and self.emitter.add is _append
+        ):
+            self._route_only = self.emitter
         self.nodes: list[_Node] = []
         for spec, fn in reversed(self.functions[: len(plan.operators)]):
             node = _NODES[spec.kind](spec.name, fn, tail)
@@ -312,6 +322,13 @@ class StageInstance:
             self.nodes.insert(0, node)
             tail = node.push
         self.head = tail
+        ends_in_sink = bool(plan.operators) and plan.operators[-1].kind == "sink"
+        self._runner = compile_chain(
+            [spec.kind for spec in plan.operators],
+            [node.execute for node in self.nodes],
+            self.nodes,
+            None if ends_in_sink or self.emitter is None else self.emitter.push,
+        )
 
     # -- construction helpers
 
@@ -466,21 +483,51 @@ class StageInstance:
         tracker = self.tracker
         if tracker is not None and tracker.keyed:
             tracker.dirty.update(keys)
-        current = self.current
-        head = self.head
-        try:
-            for idx, key, value in zip(idxs, keys, values):
-                current.idx = idx
-                current.key = key
-                try:
-                    head(value)
-                except Exception as err:
-                    self._on_error(err, key, value)
-        finally:
-            current.key = None
+        if self._route_only is not None:
+            self._route_all(idxs, values)
+        else:
+            self._run_chain(idxs, keys, values)
         self._emit_tick(tick)
         self.busy += time.perf_counter() - started
         self.next_tick = tick + 1
+
+    def _run_chain(self, idxs: Any, keys: Any, values: list[Any]) -> None:
+        self._runner(idxs, keys, values, self.current, self._on_error)
+
+    def _route_all(self, idxs: Any, values: list[Any]) -> None:
+        """A stage that is only a hash keyby: route a whole tick at once.
+
+        The driver runs this for every source record when the source
+        feeds a keyby directly, so it avoids the chain's per-record
+        calls; errors still go through the per-record path.
+        """
+        emitter = self._route_only
+        assert emitter is not None
+        extract, cache = emitter.extract, emitter.cache
+        batches = emitter.batches
+        idx_lists = [batch.idxs for batch in batches]
+        key_lists = [batch.keys for batch in batches]
+        value_lists = [batch.values for batch in batches]
+        positions = list(idxs)
+        start = 0
+        while start < len(values):
+            position = start
+            try:
+                for position in range(start, len(values)):
+                    value = values[position]
+                    key = extract(value)  # type: ignore[misc]
+                    dest = cache.get(key)
+                    if dest is None:
+                        dest = emitter._route(key, value)
+                    idx_lists[dest].append(positions[position])
+                    key_lists[dest].append(key)
+                    value_lists[dest].append(value)
+                start = len(values)
+            except Exception as err:
+                self.current.idx = positions[position]
+                self._on_error(err, None, values[position])
+                start = position + 1
+        emitter.count += len(values)
 
     def feed(self, tick: int, values: list[Any]) -> None:
         """Process one tick handed over in-process (the driver's head)."""
@@ -525,8 +572,10 @@ class StageInstance:
 
     # -- errors
 
-    def _on_error(self, err: Exception, key: Any, value: Any) -> None:
-        name = self._culprit(err)
+    def _on_error(
+        self, err: Exception, key: Any, value: Any, position: int | None = None
+    ) -> None:
+        name = self._culprit(err, position)
         report = self._report(name, err, key, value, "user")
         if not self.skip_errors:
             raise StageFailure(report)
@@ -542,10 +591,18 @@ class StageInstance:
         }
         self.send(DRIVER, (P.DEAD, letter))
 
-    def _culprit(self, err: BaseException) -> str:
+    def _culprit(self, err: BaseException, position: int | None) -> str:
+        """Name the operator that raised.
+
+        The compiled chain reports the position it was at; a deeper
+        node frame (a flatmap's ``collect`` runs the rest of the chain
+        through node objects) overrides it.
+        """
         if isinstance(err, _KeyProblem) and self.emitter is not None:
             return self.emitter.name
         name = self.emitter.name if self.emitter is not None else "?"
+        if position is not None and position < len(self.nodes):
+            name = self.nodes[position].name
         tb = err.__traceback__
         while tb is not None:
             owner = tb.tb_frame.f_locals.get("self")
@@ -581,12 +638,12 @@ class StageInstance:
             chain.append(emitter)
         out: dict[str, dict[str, Any]] = {}
         for position, node in enumerate(chain):
-            if node is emitter:
-                after = node.count
+            if emitter is not None and node is emitter:
+                after = emitter.count
             elif position + 1 < len(chain):
                 after = chain[position + 1].count
             else:
-                after = emitter.count if emitter is not None else 0
+                after = 0 if emitter is None else emitter.count
             out[node.name] = {
                 "in": node.count,
                 "out": after,

@@ -171,9 +171,10 @@ class PipeEndpoint:
         return True
 
     def close(self) -> None:
-        for item in (*self._readers.values(), *self._writers.values()):
+        fds = [r.fd for r in self._readers.values()]
+        for fd in fds + [w.fd for w in self._writers.values()]:
             try:
-                os.close(item.fd)
+                os.close(fd)
             except OSError:
                 pass
         self._readers.clear()
@@ -215,6 +216,9 @@ class PipeEndpoint:
         return any(ready[:2])
 
 
+# TODO: Only the local pipe transport exists. A Ray runner needs an
+# Endpoint over Ray queues or actor calls and a driver that starts
+# actors instead of forking; the worker loop and stages need no change.
 class PipeSet:
     """All pipes of a job, made by the driver before it forks workers."""
 

@@ -150,6 +150,9 @@ class LocalEnvironment:
         ``delay`` is the pause in seconds after each poll; 0 polls as
         fast as the pipeline accepts records.
         """
+        # TODO: One environment runs one linear pipeline. Branching a
+        # stream, union and connect need a stage graph instead of a chain
+        # in _plan.py and a merge rule for stages with several inputs.
         if self._source is not None:
             raise PipelineError(
                 f"environment {self.name!r} already has a source; one "
@@ -244,7 +247,8 @@ class LocalEnvironment:
             ("keep_checkpoints", self.keep_checkpoints),
             ("max_checkpoint_failures", self.max_checkpoint_failures),
         ):
-            if not isinstance(value, int) or value < (1 if label == "keep_checkpoints" else 0):
+            least = 1 if label == "keep_checkpoints" else 0
+            if not isinstance(value, int) or value < least:
                 raise PipelineError(
                     f"environment {self.name!r}: {label} must be a whole "
                     f"number, got {value!r}"
@@ -289,7 +293,9 @@ class LocalEnvironment:
             self._result = self._driver.run()
         except BaseException as err:  # noqa: BLE001 - re-raised by wait()
             self._error = err
-            log.error("job %r failed: %s", self.name, err)
+            log.error(
+                "job %r failed: %s", self.name, err, extra={"sage_job_failed": True}
+            )
 
     def wait(self, timeout: float | None = None) -> JobResult | None:
         """Wait for a submitted job; return its result or raise its error."""
