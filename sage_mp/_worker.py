@@ -19,10 +19,12 @@ import traceback
 from typing import Any
 
 from . import _protocol as P
+from ._checkpoint import WorkerCheckpointer, WorkerCheckpointing
+from ._logs import WorkerLogForwarder, install_worker_logging
+from ._metrics import OperatorSampler
 from ._plan import Plan
 from ._stage import StageFailure, StageInstance
 from ._transport import DRIVER, Endpoint
-from ._checkpoint import WorkerCheckpointer, WorkerCheckpointing
 from .errors import CheckpointError, FailureReport
 
 __all__ = ["WorkerOptions", "run_worker"]
@@ -74,7 +76,11 @@ def run_worker(
     # happens to workers, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
+    # Log lines travel to the driver, which prints each one whole.
+    forwarder = install_worker_logging(endpoint.send, me)
+    sampler = OperatorSampler({})
     checkpointer = None
+    last: tuple[Any, ...] | None = None
     try:
         if options.checkpointing is not None:
             checkpointer = WorkerCheckpointer(options.checkpointing, me, workers)
@@ -84,18 +90,27 @@ def run_worker(
             checkpointer.attach(stages, endpoint.send)
         for stage in stages.values():
             stage.open()
-        code = _loop(stages, endpoint, parent, checkpointer)
+        sampler = OperatorSampler(stages)
+        sampler.start()
+        code = _loop(stages, endpoint, parent, checkpointer, sampler, forwarder)
+        sampler.stop()
         if code == 0:
-            endpoint.send(DRIVER, (P.DONE, _stats(me, stages)))
+            last = (P.DONE, {**_stats(me, stages), "busy": sampler.busy()})
     except StageFailure as failure:
-        endpoint.send(DRIVER, (P.FAILED, failure.report))
+        last = (P.FAILED, failure.report)
         code = 1
     except CheckpointError as err:
-        endpoint.send(DRIVER, (P.FAILED, _engine_report(me, err, "checkpoint")))
+        last = (P.FAILED, _engine_report(me, err, "checkpoint"))
         code = 1
     except Exception as err:  # noqa: BLE001 - report, then exit non-zero
-        endpoint.send(DRIVER, (P.FAILED, _engine_report(me, err, "engine")))
+        last = (P.FAILED, _engine_report(me, err, "engine"))
         code = 1
+    sampler.stop()
+    # Log records go first: the driver stops reading at the last word.
+    forwarder.drain()
+    if last is not None:
+        endpoint.send(DRIVER, last)
+    forwarder.close()
     endpoint.flush(timeout=30.0)
     endpoint.close()
     if checkpointer is not None:
@@ -120,6 +135,8 @@ def _loop(
     endpoint: Endpoint,
     parent: int,
     checkpointer: WorkerCheckpointer | None,
+    sampler: OperatorSampler,
+    forwarder: WorkerLogForwarder,
 ) -> int:
     ordered = sorted(stages.values(), key=lambda s: s.index, reverse=True)
     idle = False
@@ -137,7 +154,11 @@ def _loop(
             stages[message[1]].deliver(sender, message)
         progressed = False
         for stage in ordered:
+            sampler.stage = stage
             progressed = stage.step() or progressed
+        sampler.stage = None
+        if forwarder.pending:
+            forwarder.drain()
         if all(stage.finished for stage in ordered):
             return 0
         idle = not messages and not progressed
