@@ -78,7 +78,10 @@ def _body(
         lines += [f"{pad}at = {position}", f"{pad}c{position} += 1"]
         out = f"v{position + 1}"
         if kind == "map":
-            lines += [f"{pad}{out} = _ex{position}({var})", f"{pad}if {out} is not None:"]
+            lines += [
+                f"{pad}{out} = _ex{position}({var})",
+                f"{pad}if {out} is not None:",
+            ]
             depth += 4
         elif kind == "filter":
             lines += [f"{pad}if _ex{position}({var}):"]

@@ -159,7 +159,9 @@ class StageState:
 
     def capture(
         self,
-    ) -> tuple[dict[tuple[str, str, int], tuple[bytes, bool]], dict[tuple[str, str], bytes]]:
+    ) -> tuple[
+        dict[tuple[str, str, int], tuple[bytes, bool]], dict[tuple[str, str], bytes]
+    ]:
         """Serialize the state now; reset the set of processed keys."""
         dirty, self.dirty = self.dirty, set()
         keyed: dict[tuple[str, str, int], tuple[bytes, bool]] = {}
@@ -167,8 +169,10 @@ class StageState:
         for op, fn in self.functions:
             for attr, value in state_of(fn).items():
                 slot = (op, attr)
-                if self.keyed and isinstance(value, dict) and (
-                    slot in self.stored or any(k in value for k in dirty)
+                if (
+                    self.keyed
+                    and isinstance(value, dict)
+                    and (slot in self.stored or any(k in value for k in dirty))
                 ):
                     keyed.update(self._capture_keyed(op, attr, value, dirty))
                     continue
@@ -221,7 +225,10 @@ class StageState:
         return out
 
     def restore(
-        self, stores: list[Store], own: Store | None, point: RestorePoint,
+        self,
+        stores: list[Store],
+        own: Store | None,
+        point: RestorePoint,
         groups: range,
     ) -> None:
         """Load the state of ``point`` into the functions (before open())."""
@@ -243,8 +250,12 @@ class StageState:
     # old insertion order; keeping it would need a per-entry sequence
     # number in every blob and a sort at restore.
     def _restore_keyed(
-        self, fn: Any, slot: tuple[str, str], stores: list[Store],
-        point: RestorePoint, groups: range,
+        self,
+        fn: Any,
+        slot: tuple[str, str],
+        stores: list[Store],
+        point: RestorePoint,
+        groups: range,
     ) -> None:
         op, attr = slot
         target = getattr(fn, attr, None)
@@ -324,8 +335,7 @@ def read_manifest(directory: str) -> Manifest:
     path = os.path.join(directory, MANIFEST)
     if not os.path.isfile(path):
         raise IncompatibleCheckpoint(
-            f"{directory!r} is not a sage_mp checkpoint directory: it has no "
-            f"{MANIFEST}"
+            f"{directory!r} is not a sage_mp checkpoint directory: it has no {MANIFEST}"
         )
     try:
         with open(path, encoding="utf-8") as handle:
@@ -499,7 +509,9 @@ class Coordinator:
         latest = self.manifest.latest()
         if latest is None:
             return None
-        return RestorePoint(int(latest["id"]), int(latest["tick"]), int(latest["workers"]))
+        return RestorePoint(
+            int(latest["id"]), int(latest["tick"]), int(latest["workers"])
+        )
 
     def due(self) -> bool:
         return (

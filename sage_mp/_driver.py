@@ -203,14 +203,19 @@ class Driver:
                 self.resumed_from = self.restore.checkpoint
                 log.info(
                     "job %r resumes from checkpoint %s (tick %s, written by "
-                    "%s workers)", self.name, self.restore.checkpoint,
-                    self.restore.tick, self.restore.workers,
+                    "%s workers)",
+                    self.name,
+                    self.restore.checkpoint,
+                    self.restore.tick,
+                    self.restore.workers,
                 )
                 if self.restore.workers > self.workers:
                     log.warning(
                         "rescaling from %s to %s workers: attributes that are "
                         "not keyed state of workers %s..%s are dropped",
-                        self.restore.workers, self.workers, self.workers,
+                        self.restore.workers,
+                        self.workers,
+                        self.workers,
                         self.restore.workers - 1,
                     )
         with _LIVE_LOCK:
@@ -357,13 +362,25 @@ class Driver:
         self.head: StageInstance | None = None
         if plan.stages[0].at_head:
             self.head = StageInstance(
-                plan.stages[0], None, plan.stages[1], DRIVER, self.workers,
-                self.endpoint.send, job_name=self.name, skip_errors=skip,
+                plan.stages[0],
+                None,
+                plan.stages[1],
+                DRIVER,
+                self.workers,
+                self.endpoint.send,
+                job_name=self.name,
+                skip_errors=skip,
                 on_barrier=hook,
             )
         self.final = StageInstance(
-            plan.driver_stage, plan.stages[-2], None, DRIVER, self.workers,
-            self.endpoint.send, job_name=self.name, skip_errors=skip,
+            plan.driver_stage,
+            plan.stages[-2],
+            None,
+            DRIVER,
+            self.workers,
+            self.endpoint.send,
+            job_name=self.name,
+            skip_errors=skip,
             on_barrier=hook,
         )
         self._source_state = StageState([(plan.source.name, self.source)], False)
@@ -438,7 +455,10 @@ class Driver:
             return
         log.info(
             "checkpoint %s committed: tick %s, %s bytes, %.3f s",
-            entry["id"], entry["tick"], entry["bytes"], entry["duration"],
+            entry["id"],
+            entry["tick"],
+            entry["bytes"],
+            entry["duration"],
         )
         for worker in range(self.workers):
             if worker not in self._done:
@@ -462,7 +482,11 @@ class Driver:
                 if now < self._next_poll:
                     if len(batch) and now >= deadline:
                         break
-                    wake = self._next_poll if not len(batch) else min(self._next_poll, deadline)
+                    wake = (
+                        self._next_poll
+                        if not len(batch)
+                        else min(self._next_poll, deadline)
+                    )
                     self._service(max(0.0, wake - now))
                     continue
                 self._next_poll = now + delay
@@ -570,7 +594,11 @@ class Driver:
         proc = self._procs[worker]
         proc.join(timeout=2.0)
         code = proc.exitcode
-        how = f"was killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
+        how = (
+            f"was killed by signal {-code}"
+            if code and code < 0
+            else f"exited with code {code}"
+        )
         hint = (
             ""
             if self.coordinator is not None

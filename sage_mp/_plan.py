@@ -186,8 +186,8 @@ def build_plan(source: OperatorSpec, operators: list[OperatorSpec]) -> Plan:
     current.index = len(stages)
     stages.append(current)
     head = stages[0]
-    head.at_head = not head.operators and head.route is not None and (
-        head.route.kind != "driver"
+    head.at_head = (
+        not head.operators and head.route is not None and (head.route.kind != "driver")
     )
     return Plan(source, stages)
 

@@ -547,7 +547,7 @@ class StageInstance:
             return
         stage = self.index + 1
         batches = self.emitter.batches
-        for dest, batch in zip(self._destinations, batches):
+        for dest, batch in zip(self._destinations, batches, strict=True):
             self.send(dest, (P.BATCH, stage, tick, *batch.parts()))
         self.emitter.batches = [Batch() for _ in batches]
 

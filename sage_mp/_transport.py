@@ -205,7 +205,9 @@ class PipeEndpoint:
         return got
 
     def _wait(self, timeout: float | None, reading: bool = True) -> bool:
-        rlist = [r.fd for r in self._readers.values() if not r.closed] if reading else []
+        rlist = (
+            [r.fd for r in self._readers.values() if not r.closed] if reading else []
+        )
         wlist = [w.fd for w in self._writers.values() if w.queue]
         if not rlist and not wlist:
             return False
@@ -226,9 +228,7 @@ class PipeSet:
         self.workers = workers
         peers = [DRIVER, *range(workers)]
         # (sender, receiver) -> (read fd, write fd); no pipe to oneself.
-        self.pipes = {
-            (a, b): _make_pipe() for a in peers for b in peers if a != b
-        }
+        self.pipes = {(a, b): _make_pipe() for a in peers for b in peers if a != b}
 
     def endpoint(self, me: int) -> PipeEndpoint:
         """Keep ``me``'s ends, close every other end in this process."""

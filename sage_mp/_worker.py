@@ -45,7 +45,11 @@ class WorkerOptions:
 
 
 def host_stages(
-    plan: Plan, me: int, workers: int, endpoint: Endpoint, options: WorkerOptions,
+    plan: Plan,
+    me: int,
+    workers: int,
+    endpoint: Endpoint,
+    options: WorkerOptions,
     on_barrier: Any = None,
 ) -> dict[int, StageInstance]:
     """Build this worker's stage instances (functions are constructed)."""

@@ -167,8 +167,10 @@ class LocalEnvironment:
                 f"seconds >= 0, got {delay!r}"
             )
         if options.get("parallelism", 1) not in (None, 1):
-            log.info("sources run as one instance in the driver; "
-                     "parallelism=%s is ignored", options["parallelism"])
+            log.info(
+                "sources run as one instance in the driver; parallelism=%s is ignored",
+                options["parallelism"],
+            )
         self._source = OperatorSpec(
             "source",
             function,
@@ -332,8 +334,9 @@ class DataStream:
     def __init__(self, env: LocalEnvironment) -> None:
         self.env = env
 
-    def _then(self, kind: str, function: Any, args: tuple[Any, ...],
-              kwargs: dict[str, Any]) -> DataStream:
+    def _then(
+        self, kind: str, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> DataStream:
         check_function(kind, function, f"{self.env.name}.{kind}()")
         options, kwargs = _split_reserved(kwargs)
         parallelism = options.get("parallelism")

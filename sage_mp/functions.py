@@ -132,9 +132,7 @@ class SourceFunction(BaseFunction):
     """
 
     def execute(self, data: Any = None) -> Any:  # type: ignore[override]
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement execute(self)"
-        )
+        raise NotImplementedError(f"{type(self).__name__} must implement execute(self)")
 
 
 class MapFunction(BaseFunction):
