@@ -121,32 +121,104 @@ def _explain(op: str, attr: str, value: Any, err: Exception) -> CheckpointError:
 
 def merge_blobs(blobs: list[bytes]) -> bytes:
     """Fold a group's blobs (base, deltas) into one base blob."""
-    return BASE + dumps((apply_blobs(blobs), []))
+    return BASE + dumps(([dumps(apply_blobs(blobs))], []))
 
 
 def apply_blobs(blobs: list[bytes]) -> dict[Any, Any]:
+    """The entries of a group after applying ``blobs`` in order.
+
+    A blob holds ``(parts, deletions)``: pickled dicts of entries, and
+    deleted keys. One blob never names a key in both.
+    """
     start = max((i for i, b in enumerate(blobs) if b[:1] == BASE), default=0)
     entries: dict[Any, Any] = {}
     for blob in blobs[start:]:
-        updates, deletions = loads(blob[1:])
-        entries.update(updates)
+        parts, deletions = loads(blob[1:])
         for key in deletions:
             entries.pop(key, None)
+        for part in parts:
+            entries.update(loads(part))
     return entries
 
 
 # --- per stage instance: capture and restore -----------------------------
 
+# Keys frozen per slice of deferred capture work: small enough that a
+# slice stays a few milliseconds, large enough to pickle efficiently.
+_CHUNK = 2048
+
+
+class _SlotCapture:
+    """A keyed attribute's part of the checkpoint being captured."""
+
+    __slots__ = (
+        "op",
+        "attr",
+        "value",
+        "base",
+        "size",
+        "stored_before",
+        "added",
+        "removed",
+        "parts",
+        "deleted",
+    )
+
+    def __init__(self, op: str, attr: str, value: dict[Any, Any], base: bool):
+        self.op = op
+        self.attr = attr
+        self.value = value
+        self.base = base
+        self.size = len(value)  # at the barrier
+        self.stored_before = 0
+        self.added = 0
+        self.removed = 0
+        self.parts: dict[int, list[bytes]] = {}
+        self.deleted: dict[int, list[Any]] = {}
+
+
+class _Unit:
+    """Slots whose entries are frozen together, key by key."""
+
+    __slots__ = ("slots", "keys", "cursor", "pending")
+
+    def __init__(self, slots: list[_SlotCapture], keys: list[Any], pending: set[Any]):
+        self.slots = slots
+        self.keys = keys  # the order in which to freeze
+        self.cursor = 0
+        self.pending = pending  # keys not frozen yet
+
+
+_MISSING = object()
+
 
 class StageState:
-    """Captures and restores the state of one stage instance's functions."""
+    """Captures and restores the state of one stage instance's functions.
+
+    Capturing a keyed attribute is copy-on-write by key. At the barrier
+    (:meth:`begin`) non-keyed attributes are pickled and the set of
+    keys processed since the last checkpoint is put aside, in O(1). The
+    entries of those keys are then pickled in slices between ticks
+    (:meth:`work`), except that an entry whose key is about to be
+    processed again is pickled first (:meth:`freeze_touched`). A record
+    only changes its own key's entry, so every entry, and whether it
+    exists, is read as it was at the barrier while the worker goes on
+    processing: the pause no longer grows with the number of changed
+    keys.
+
+    Entries of *other* keys that a function adds or deletes (an LRU
+    eviction, say) are found when the capture finishes, by comparing
+    sizes; such an addition or deletion made after the barrier but
+    before the capture finished is saved with this checkpoint.
+    """
 
     def __init__(self, functions: list[tuple[str, Any]], keyed: bool) -> None:
         self.functions = functions  # (operator name, function instance)
         self.keyed = keyed
         self.dirty: set[Any] = set()
-        # (op, attr) of keyed attributes -> keys stored for it so far.
-        self.stored: dict[tuple[str, str], set[Any]] = {}
+        # (op, attr) of keyed attributes -> {stored key: its key group,
+        # or None until computed}.
+        self.stored: dict[tuple[str, str], dict[Any, int | None]] = {}
         # TODO: After a rescale down, blobs in the stores of removed
         # workers are never deleted (they cost disk, not correctness);
         # the driver could drop those stores once every group they hold
@@ -156,16 +228,29 @@ class StageState:
         # writes a base for every group we own, so that our own store is
         # complete and compaction never folds deltas without their base.
         self.rebase: range | None = None
+        #: Keys that may still need freezing (a superset, for speed).
+        self.pending_keys: set[Any] = set()
+        self.capturing = False
+        self._units: list[_Unit] = []
+        self._slots: list[_SlotCapture] = []
+        self._plain: dict[tuple[str, str], bytes] = {}
 
     def capture(
         self,
     ) -> tuple[
         dict[tuple[str, str, int], tuple[bytes, bool]], dict[tuple[str, str], bytes]
     ]:
-        """Serialize the state now; reset the set of processed keys."""
+        """Serialize the whole state now (no deferred work)."""
+        self.begin()
+        self.work(None)
+        return self.collect()
+
+    def begin(self) -> None:
+        """At the barrier: pickle non-keyed attributes, set keys aside."""
         dirty, self.dirty = self.dirty, set()
-        keyed: dict[tuple[str, str, int], tuple[bytes, bool]] = {}
-        plain: dict[tuple[str, str], bytes] = {}
+        rebase, self.rebase = self.rebase, None
+        self._plain, self._slots, self._units = {}, [], []
+        deltas: list[_SlotCapture] = []
         for op, fn in self.functions:
             for attr, value in state_of(fn).items():
                 slot = (op, attr)
@@ -174,55 +259,119 @@ class StageState:
                     and isinstance(value, dict)
                     and (slot in self.stored or any(k in value for k in dirty))
                 ):
-                    keyed.update(self._capture_keyed(op, attr, value, dirty))
+                    base = slot not in self.stored or rebase is not None
+                    stored = self.stored.setdefault(slot, {})
+                    cap = _SlotCapture(op, attr, value, base)
+                    cap.stored_before = len(stored)
+                    self._slots.append(cap)
+                    if base:
+                        # A base holds every entry: O(state), but only the
+                        # first time or after a rescale or failed write.
+                        for group in rebase or ():
+                            cap.parts[group] = []
+                        stored.clear()
+                        keys = list(value)
+                        self._units.append(_Unit([cap], keys, set(keys)))
+                    else:
+                        deltas.append(cap)
                     continue
                 try:
-                    plain[slot] = dumps(value)
+                    self._plain[slot] = dumps(value)
                 except _Unserializable as err:
                     raise _explain(op, attr, value, err) from None
-        self.rebase = None
-        return keyed, plain
+        if deltas:
+            self._units.append(_Unit(deltas, list(dirty), dirty))
+        self.pending_keys = set().union(*(unit.pending for unit in self._units))
+        self.capturing = True
 
-    def _capture_keyed(
-        self, op: str, attr: str, value: dict[Any, Any], dirty: set[Any]
-    ) -> dict[tuple[str, str, int], tuple[bytes, bool]]:
-        slot = (op, attr)
-        first = slot not in self.stored or self.rebase is not None
-        stored = self.stored.setdefault(slot, set())
-        deleted: list[Any] = []
-        if first:
-            changed = list(value)
-        else:
-            changed = []
-            for key in dirty:
-                if key in value:
-                    changed.append(key)
+    def freeze_touched(self, keys: Any) -> None:
+        """Pickle the pending entries of ``keys`` before they are processed."""
+        hits = self.pending_keys.intersection(keys)
+        if not hits:
+            return
+        self.pending_keys -= hits
+        for unit in self._units:
+            mine = [key for key in hits if key in unit.pending]
+            if mine:
+                self._freeze(unit, mine)
+
+    def work(self, until: float | None) -> bool:
+        """Freeze pending entries until ``until`` (perf_counter); True if done."""
+        for unit in self._units:
+            while unit.cursor < len(unit.keys):
+                chunk = unit.keys[unit.cursor : unit.cursor + _CHUNK]
+                unit.cursor += len(chunk)
+                todo = [key for key in chunk if key in unit.pending]
+                if todo:
+                    self._freeze(unit, todo)
+                if until is not None and time.perf_counter() >= until:
+                    return not self.pending()
+        return True
+
+    def pending(self) -> bool:
+        return any(unit.cursor < len(unit.keys) for unit in self._units)
+
+    def _freeze(self, unit: _Unit, keys: list[Any]) -> None:
+        for cap in unit.slots:
+            stored = self.stored[(cap.op, cap.attr)]
+            value = cap.value
+            buckets: dict[int, dict[Any, Any]] = {}
+            for key in keys:
+                entry = value.get(key, _MISSING)
+                if entry is not _MISSING:
+                    if key not in stored:
+                        cap.added += 1
+                    group = stored.get(key)
+                    if group is None:
+                        group = stored[key] = _group(cap.op, cap.attr, key)
+                    buckets.setdefault(group, {})[key] = entry
                 elif key in stored:
-                    deleted.append(key)
-            if len(value) != len(stored) + sum(k not in stored for k in changed) - len(
-                deleted
-            ):
-                # Entries of other keys were added or removed (an LRU
-                # eviction, say): reconcile with a full comparison.
-                keys = value.keys()
-                changed += [k for k in keys - stored if k not in dirty]
-                deleted += [k for k in stored - keys if k not in dirty]
-        stored.update(changed)
-        stored.difference_update(deleted)
-        groups: dict[int, tuple[dict[Any, Any], list[Any]]] = {}
-        for group in self.rebase or ():
-            groups[group] = ({}, [])
-        for key in changed:
-            groups.setdefault(_group(op, attr, key), ({}, []))[0][key] = value[key]
-        for key in deleted:
-            groups.setdefault(_group(op, attr, key), ({}, []))[1].append(key)
-        out = {}
-        for group, part in groups.items():
-            try:
-                out[(op, attr, group)] = (dumps(part), first)
-            except _Unserializable as err:
-                raise _explain(op, attr, part[0], err) from None
-        return out
+                    known = stored.pop(key)
+                    cap.removed += 1
+                    group = _group(cap.op, cap.attr, key) if known is None else known
+                    cap.deleted.setdefault(group, []).append(key)
+            for group, entries in buckets.items():
+                try:
+                    cap.parts.setdefault(group, []).append(dumps(entries))
+                except _Unserializable as err:
+                    raise _explain(cap.op, cap.attr, entries, err) from None
+        unit.pending.difference_update(keys)
+
+    def _reconcile(self, cap: _SlotCapture) -> None:
+        # Sizes disagree: a function added or deleted entries of keys it
+        # was not processing. Compare key sets, leaving out the keys
+        # processed since the barrier (they belong to the next capture).
+        stored = self.stored[(cap.op, cap.attr)]
+        keys = cap.value.keys()
+        later = self.dirty
+        extra = [k for k in keys - stored.keys() if k not in later]
+        gone = [k for k in stored.keys() - keys if k not in later]
+        if extra:
+            unit = _Unit([cap], extra, set(extra))
+            self._freeze(unit, extra)
+        for key in gone:
+            known = stored.pop(key)
+            group = _group(cap.op, cap.attr, key) if known is None else known
+            cap.deleted.setdefault(group, []).append(key)
+
+    def collect(
+        self,
+    ) -> tuple[
+        dict[tuple[str, str, int], tuple[bytes, bool]], dict[tuple[str, str], bytes]
+    ]:
+        """The captured blobs, once :meth:`work` has finished."""
+        keyed: dict[tuple[str, str, int], tuple[bytes, bool]] = {}
+        for cap in self._slots:
+            if not cap.base and cap.size != cap.stored_before + cap.added - cap.removed:
+                self._reconcile(cap)
+            for group in cap.parts.keys() | cap.deleted.keys():
+                blob = dumps((cap.parts.get(group, []), cap.deleted.get(group, [])))
+                keyed[(cap.op, cap.attr, group)] = (blob, cap.base)
+        plain = self._plain
+        self._plain, self._slots, self._units = {}, [], []
+        self.pending_keys = set()
+        self.capturing = False
+        return keyed, plain
 
     def restore(
         self,
@@ -262,7 +411,7 @@ class StageState:
         if not isinstance(target, dict):
             target = {}
             setattr(fn, attr, target)
-        stored = self.stored.setdefault(slot, set())
+        stored = self.stored.setdefault(slot, {})
         for group in groups:
             blobs: list[tuple[int, bytes]] = []
             for store in stores:
@@ -272,7 +421,7 @@ class StageState:
             blobs.sort(key=lambda item: item[0])
             entries = apply_blobs([blob for _, blob in blobs])
             target.update(entries)
-            stored.update(entries)
+            stored.update(dict.fromkeys(entries, group))
 
 
 def _group(op: str, attr: str, key: Any) -> int:
@@ -651,7 +800,9 @@ class WorkerCheckpointer:
         self.horizon = settings.horizon
         self.store = Store(os.path.join(settings.directory, worker_store(me)))
         self.stages: dict[int, Any] = {}
-        self.pending: dict[int, list[tuple[Any, Any, float]]] = {}
+        self.capturing: int | None = None  # checkpoint being captured
+        self.began: set[int] = set()  # stages that passed its barrier
+        self.pause = 0.0  # longest single step of the current checkpoint
         self.send: Any = None
 
     def attach(self, stages: dict[int, Any], send: Any) -> None:
@@ -686,22 +837,52 @@ class WorkerCheckpointer:
                 store.close()
 
     def on_barrier(self, stage: Any, checkpoint: int) -> None:
+        """A stage passed the barrier: start capturing it (see StageState)."""
         started = time.perf_counter()
-        keyed, plain = stage.tracker.capture()
-        parts = self.pending.setdefault(checkpoint, [])
-        parts.append((keyed, plain, time.perf_counter() - started))
-        if len(parts) == len(self.stages):
-            del self.pending[checkpoint]
+        stage.tracker.begin()
+        self.capturing = checkpoint
+        self.began.add(stage.index)
+        self._paused(started)
+
+    def busy(self) -> bool:
+        """True while a checkpoint is being captured or awaits writing."""
+        return self.capturing is not None
+
+    def work(self, budget: float | None) -> None:
+        """Do up to ``budget`` seconds of capture work; write when done.
+
+        The worker loop calls this between ticks, and with no budget
+        when it has nothing else to do, so the capture never pauses
+        the stream for long and never delays it when the worker idles.
+        """
+        checkpoint = self.capturing
+        if checkpoint is None:
+            return
+        started = time.perf_counter()
+        until = None if budget is None else started + budget
+        done = True
+        for index in sorted(self.began):
+            if not self.stages[index].tracker.work(until):
+                done = False
+                break
+        self._paused(started)
+        if done and len(self.began) == len(self.stages):
+            parts = [self.stages[i].tracker.collect() for i in sorted(self.began)]
+            self.capturing = None
+            self.began = set()
             self._write(checkpoint, parts)
 
-    def _write(self, checkpoint: int, parts: list[tuple[Any, Any, float]]) -> None:
+    def _paused(self, started: float) -> None:
+        self.pause = max(self.pause, time.perf_counter() - started)
+
+    def _write(self, checkpoint: int, parts: list[tuple[Any, Any]]) -> None:
         started = time.perf_counter()
         keyed: dict[Any, Any] = {}
         plain: dict[Any, Any] = {}
-        for stage_keyed, stage_plain, _ in parts:
+        for stage_keyed, stage_plain in parts:
             keyed.update(stage_keyed)
             plain.update(stage_plain)
-        info: dict[str, Any] = {"pause": sum(p for _, _, p in parts)}
+        info: dict[str, Any] = {}
         crash = None
         if self.settings.crash_at == checkpoint:
             crash = _crash_now
@@ -729,7 +910,8 @@ class WorkerCheckpointer:
                         self.me, self.workers, stage.plan.single
                     )
         info["write"] = time.perf_counter() - started
-        info["pause"] += info["write"]
+        self._paused(started)
+        info["pause"], self.pause = self.pause, 0.0
         self.send(-1, ("ack", checkpoint, info))
 
     def on_commit(self, checkpoint: int, horizon: int) -> None:

@@ -482,6 +482,8 @@ class StageInstance:
         self.records_in += len(values)
         tracker = self.tracker
         if tracker is not None and tracker.keyed:
+            if tracker.pending_keys:
+                tracker.freeze_touched(keys)
             tracker.dirty.update(keys)
         if self._route_only is not None:
             self._route_all(idxs, values)
@@ -562,6 +564,9 @@ class StageInstance:
         self._forward((P.BARRIER, self.index + 1, checkpoint, tick))
 
     def _finish(self) -> None:
+        if self.tracker is not None and self.tracker.capturing:
+            # close() may change state that a capture still has to read.
+            self.tracker.work(None)
         for spec, fn in self.functions:
             try:
                 fn.close()

@@ -134,6 +134,11 @@ def _engine_report(me: int, err: Exception, kind: str) -> FailureReport:
     )
 
 
+# Longest piece of checkpoint capture work between two ticks, in
+# seconds: the pause a checkpoint adds to the stream at a time.
+_CAPTURE_SLICE = 0.005
+
+
 def _loop(
     stages: dict[int, StageInstance],
     endpoint: Endpoint,
@@ -163,7 +168,15 @@ def _loop(
         sampler.stage = None
         if forwarder.pending:
             forwarder.drain()
+        if checkpointer is not None and checkpointer.busy():
+            # Capture work runs between ticks in short slices; while it
+            # lasts the loop polls instead of sleeping, so an idle worker
+            # finishes it quickly and a busy one is never held up long.
+            checkpointer.work(_CAPTURE_SLICE)
+            progressed = True
         if all(stage.finished for stage in ordered):
+            if checkpointer is not None and checkpointer.busy():
+                checkpointer.work(None)
             return 0
         idle = not messages and not progressed
         if idle and os.getppid() != parent:

@@ -122,8 +122,15 @@ def test_killed_driver_resumes_exactly(tmp_path):
     """kill -9 of the driver mid-run, then a rerun: exact, no orphans."""
     directory = tmp_path / "ck"
     command = [
-        sys.executable, "-m", "sage_mp", "run", os.path.join(HERE, "ckpt_job.py"),
-        "--checkpoint-dir", str(directory), "200000", "1000",
+        sys.executable,
+        "-m",
+        "sage_mp",
+        "run",
+        os.path.join(HERE, "ckpt_job.py"),
+        "--checkpoint-dir",
+        str(directory),
+        "200000",
+        "1000",
     ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -172,10 +179,18 @@ def test_failed_checkpoints_are_survived(tmp_path, monkeypatch, caplog):
 
 def test_too_many_failed_checkpoints_fail_the_job(tmp_path, monkeypatch):
     """More consecutive failures than allowed stop the job with a clear error."""
-    monkeypatch.setenv("SAGE_MP_TEST_FAIL_CHECKPOINTS", ",".join(map(str, range(1, 99))))
+    monkeypatch.setenv(
+        "SAGE_MP_TEST_FAIL_CHECKPOINTS", ",".join(map(str, range(1, 99)))
+    )
     with pytest.raises(CheckpointError, match="in a row failed"):
-        run_job(tmp_path / "ck", ckpt_job.events(60_000), 2, spin=300,
-                interval=0.01, max_checkpoint_failures=2)
+        run_job(
+            tmp_path / "ck",
+            ckpt_job.events(60_000),
+            2,
+            spin=300,
+            interval=0.01,
+            max_checkpoint_failures=2,
+        )
 
 
 @pytest.mark.parametrize("before,after", [(4, 2), (2, 3), (1, 4)])
@@ -245,8 +260,13 @@ class Drop(SinkFunction):
 def test_include_and_exclude_rules(tmp_path):
     """ctx/private/excluded attributes are not state; included ones are."""
     env = LocalEnvironment("rules", workers=2, checkpoint_dir=str(tmp_path / "ck"))
-    (env.from_collection(range(100)).keyby(lambda v: v % 5)
-        .map(Rules).map(OnlyListed).sink(Drop))
+    (
+        env.from_collection(range(100))
+        .keyby(lambda v: v % 5)
+        .map(Rules)
+        .map(OnlyListed)
+        .sink(Drop)
+    )
     env.submit(autostop=True)
     state = dump_state(str(tmp_path / "ck"))
 
@@ -353,11 +373,18 @@ def test_restart_budget_is_enforced(tmp_path):
 
 def test_old_checkpoints_are_collected(tmp_path):
     """Only keep_checkpoints committed checkpoints stay listed."""
-    result = run_job(tmp_path / "ck", ckpt_job.events(50_000), 2, spin=300,
-                     interval=0.01, keep_checkpoints=2)
+    result = run_job(
+        tmp_path / "ck",
+        ckpt_job.events(50_000),
+        2,
+        spin=300,
+        interval=0.01,
+        keep_checkpoints=2,
+    )
     assert len(result.checkpoints) > 3
-    committed = [r for r in list_checkpoints(str(tmp_path / "ck"))
-                 if r["status"] == "committed"]
+    committed = [
+        r for r in list_checkpoints(str(tmp_path / "ck")) if r["status"] == "committed"
+    ]
     assert [r["id"] for r in committed] == [c["id"] for c in result.checkpoints[-2:]]
 
 
@@ -378,19 +405,36 @@ def test_state_cli_ls_and_dump(tmp_path):
     run_job(tmp_path / "ck", evs, 3)
     base = [sys.executable, "-m", "sage_mp", "state"]
 
-    listing = subprocess.run(base + ["ls", str(tmp_path / "ck")],
-                             capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        base + ["ls", str(tmp_path / "ck")], capture_output=True, text=True, check=True
+    )
     assert "committed" in listing.stdout and "workers" in listing.stdout
 
-    dump = subprocess.run(base + ["dump", str(tmp_path / "ck"), "--json"],
-                          capture_output=True, text=True, check=True)
+    dump = subprocess.run(
+        base + ["dump", str(tmp_path / "ck"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     state = json.loads(dump.stdout)
     assert state["Sessions"]["sessions"] == ckpt_job.expected(evs)
     assert sum(state["Sessions"]["records"].values()) == len(evs)
 
-    one = subprocess.run(base + ["dump", str(tmp_path / "ck"), "--key", "u7",
-                                 "--operator", "Sessions", "--json"],
-                         capture_output=True, text=True, check=True)
+    one = subprocess.run(
+        base
+        + [
+            "dump",
+            str(tmp_path / "ck"),
+            "--key",
+            "u7",
+            "--operator",
+            "Sessions",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(one.stdout) == {
         "Sessions": {"sessions": {"u7": ckpt_job.expected(evs)["u7"]}}
     }
@@ -398,8 +442,11 @@ def test_state_cli_ls_and_dump(tmp_path):
 
 def test_state_cli_refuses_a_non_checkpoint_directory(tmp_path):
     """`state ls` on an ordinary directory fails with a clear message."""
-    out = subprocess.run([sys.executable, "-m", "sage_mp", "state", "ls",
-                          str(tmp_path)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "sage_mp", "state", "ls", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode != 0
     assert "not a sage_mp checkpoint directory" in out.stderr
 
@@ -413,8 +460,16 @@ def test_reading_a_running_job_does_not_disturb_it(tmp_path):
     during = []
 
     def read_while_running():
-        command = [sys.executable, "-m", "sage_mp", "state", "dump",
-                   str(directory), "--operator", "Sessions"]
+        command = [
+            sys.executable,
+            "-m",
+            "sage_mp",
+            "state",
+            "dump",
+            str(directory),
+            "--operator",
+            "Sessions",
+        ]
         while running.is_set():
             out = subprocess.run(command, capture_output=True, text=True)
             if out.returncode == 0 and running.is_set():
@@ -435,8 +490,64 @@ def test_cli_flags_override_the_script(tmp_path):
     """--checkpoint-dir and --fresh on the command line take effect."""
     script = os.path.join(HERE, "ckpt_job.py")
     directory = tmp_path / "ck"
-    base = [sys.executable, "-m", "sage_mp", "run", script,
-            "--checkpoint-dir", str(directory), "--checkpoint-interval", "0.5"]
+    base = [
+        sys.executable,
+        "-m",
+        "sage_mp",
+        "run",
+        script,
+        "--checkpoint-dir",
+        str(directory),
+        "--checkpoint-interval",
+        "0.5",
+    ]
     subprocess.run(base + ["3000"], check=True, capture_output=True)
     subprocess.run(base + ["--fresh", "1000"], check=True, capture_output=True)
     assert saved_sessions(directory) == ckpt_job.expected(ckpt_job.events(1000))
+
+
+class Evicting(MapFunction):
+    """Counts per key and deletes the entry of the key 40 below."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def execute(self, value):
+        key = self.ctx.get_key()
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.counts.pop(key - 40, None)
+        return value
+
+
+def evicting_expected(evs):
+    counts = {}
+    for key in evs:
+        counts[key] = counts.get(key, 0) + 1
+        counts.pop(key - 40, None)
+    return counts
+
+
+def test_entries_deleted_for_other_keys_survive_resume(tmp_path):
+    """Deleting another key's entry (an eviction) is saved; resume is exact."""
+    rng = random.Random(3)
+    evs = [rng.randrange(i // 50, i // 50 + 60) for i in range(30_000)]
+
+    def run(part, workers):
+        env = LocalEnvironment(
+            "evict",
+            workers=workers,
+            batch_size=100,
+            checkpoint_dir=str(tmp_path / "ck"),
+            checkpoint_interval=0.01,
+        )
+        env.from_collection(part).keyby(lambda k: k).map(Evicting).sink(Drop)
+        env.submit(autostop=True)
+
+    # One worker: evicting another key is only well defined when both
+    # keys live in the same instance.
+    run(evs[:12_000], 1)
+    run(evs[:21_000], 1)
+    run(evs, 1)
+    saved = dump_state(str(tmp_path / "ck"), operator="Evicting")
+    assert saved["Evicting"]["counts"] == evicting_expected(evs)
