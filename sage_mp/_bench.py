@@ -252,6 +252,8 @@ def _category(filename: str, function: str) -> str:
         if "posix." in function:
             return "os read/write"
         return "builtins"
+    if filename.startswith("<sage_mp"):
+        return "engine " + filename.strip("<>").split()[-1]  # generated code
     path = Path(filename)
     if path.parent.name == "sage_mp":
         return f"engine {path.stem}"

@@ -480,7 +480,9 @@ class Driver:
             if delay:
                 now = time.monotonic()
                 if now < self._next_poll:
-                    if len(batch) and now >= deadline:
+                    # Holding records is only worth it if more can join
+                    # them before the linger deadline.
+                    if len(batch) and (now >= deadline or self._next_poll >= deadline):
                         break
                     wake = (
                         self._next_poll

@@ -1,0 +1,128 @@
+"""Smoke tests of the benchmark suite and of ``run --profile``.
+
+They run the suite at a tiny size and check the shape of what it
+prints and writes, never the figures: timing is not a test's business.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sage_mp import _bench
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(
+    *args: str, cwd: Path = ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sage_mp", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
+    """A tiny run prints the results and targets tables and valid JSON."""
+    out = tmp_path / "bench.json"
+    done = run_cli(
+        "bench",
+        "--size",
+        "0.002",
+        "--repeat",
+        "1",
+        "--only",
+        "light,latency",
+        "--no-bytewax",
+        "--json",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+
+    table = done.stdout
+    assert "| workload | engine | job s |" in table
+    for label in ("plain loop (baseline)", "sage_mp 1w", "sage_mp 2w"):
+        assert f"| light | {label} |" in table
+    assert "### Targets" in table
+    assert "| latency p99 | < 50 ms |" in table
+
+    report = json.loads(out.read_text())
+    assert set(report) == {"meta", "workloads", "targets"}
+    assert report["meta"]["bytewax"] is None
+    assert [w["name"] for w in report["workloads"]] == ["light", "latency"]
+    light = report["workloads"][0]
+    assert light["baseline"] == "plain loop"
+    for row in light["variants"]:
+        assert row["ok"], row["errors"]
+        assert row["records"] == light["variants"][0]["records"]
+        assert row["job_min_s"] <= row["job_s"] <= row["job_max_s"]
+        assert row["ratio"] is not None
+        assert "driver" in row["peak_rss"]
+    latency = report["workloads"][1]["variants"]
+    assert all(set(row["latency_ms"]) == {"p50", "p99", "max"} for row in latency)
+    verdicts = {t["target"]: t["result"] for t in report["targets"]}
+    assert verdicts["latency p99"] in ("PASS", "MISS")
+    assert verdicts["memory: peak RSS per process"] == "not run"
+
+
+def test_bench_refuses_an_unknown_workload() -> None:
+    """A misspelt --only fails before running anything, listing the choices."""
+    done = run_cli("bench", "--only", "lihgt")
+    assert done.returncode == 2
+    assert "unknown workload(s) lihgt" in done.stderr
+    assert "light, heavy" in done.stderr
+
+
+def test_bench_chart_without_matplotlib_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--chart without matplotlib stops with an install hint, running nothing."""
+    real_find_spec = _bench.importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "matplotlib" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(_bench.importlib.util, "find_spec", find_spec)
+    parser = argparse.ArgumentParser()
+    _bench.add_arguments(parser)
+    code = _bench.main(parser.parse_args(["--chart", "out.png"]))
+    assert code == 2
+    assert "pip install 'sage_mp[bench]'" in capsys.readouterr().err
+
+
+def test_run_profile_writes_one_file_per_process(tmp_path: Path) -> None:
+    """run --profile leaves driver.prof and worker-N.prof and prints the report."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from sage_mp import LocalEnvironment
+
+            env = LocalEnvironment("profiled", workers=2)
+            (env.from_collection(range(2000))
+                .keyby(lambda x: x % 7)
+                .map(lambda x: x + 1)
+                .sink(lambda x: None, parallelism=2))
+            env.submit(autostop=True)
+            """
+        )
+    )
+    profiles = tmp_path / "prof"
+    done = run_cli("run", "--profile", str(profiles), str(script), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    names = sorted(p.name for p in profiles.glob("*.prof"))
+    assert names == ["driver.prof", "worker-0.prof", "worker-1.prof"]
+    assert "== merged (3 processes)" in done.stderr
+    assert "own s" in done.stderr
