@@ -463,7 +463,10 @@ def plan_workload(
         return Workload(name, "", "speedup", [plain, *sage, *peers])
     if name == "heavy":
         pool = Variant(f"Pool {most}p", "pool", most, name)
-        return Workload(name, "", "speedup", [plain, pool, *sage, *peers])
+        # The same loop split over independent processes, no engine: the
+        # most any engine could reach on this machine's cores.
+        ceiling = Variant(f"plain loop x{most} (ceiling)", "plain", most, name)
+        return Workload(name, "", "speedup", [plain, ceiling, pool, *sage, *peers])
     if name == "latency":
         if peers:
             peers[0].baseline = True
@@ -603,7 +606,11 @@ class Bench:
             str(self.loops),
         ]
         if variant.engine == "plain":
-            return [[sys.executable, str(self.suite / "plain_job.py"), *common]]
+            script = [sys.executable, str(self.suite / "plain_job.py"), *common]
+            count = variant.workers or 1
+            if count == 1:
+                return [script]
+            return [[*script, "--shard", f"{i}/{count}"] for i in range(count)]
         if variant.engine == "pool":
             script = str(self.suite / "pool_job.py")
             return [

@@ -49,7 +49,15 @@ def main() -> None:
     parser.add_argument("workload", help="which workload to run")
     parser.add_argument("--size", type=float, default=1.0, help="scale factor")
     parser.add_argument("--loops", type=int, default=0, help="heavy: burn() loops")
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="process only every N-th event from the I-th: N such processes "
+        "run side by side measure the machine's parallel ceiling",
+    )
     args = parser.parse_args()
+    index, count = (int(part) for part in args.shard.split("/"))
 
     started = time.perf_counter()
     if args.workload == "heavy":
@@ -58,6 +66,7 @@ def main() -> None:
         events = W.session_events(args.size, skewed=args.workload == "skewed")
     else:
         events = []
+    events = events[index::count]
     gen_s = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -752,6 +752,8 @@ def _worker_main(pipes: PipeSet, me: int, plan: Plan, options: WorkerOptions) ->
 PROFILE_DIR_ENV = "SAGE_MP_PROFILE_DIR"
 
 
+# TODO: Profile files have fixed names, so a script that runs several
+# jobs keeps only the last job's; a job-name prefix would keep them all.
 def _profiled(run: Any, path: str) -> Any:
     """Call ``run()`` under cProfile; write the profile to ``path``."""
     import cProfile

@@ -63,6 +63,9 @@ Send = Callable[[int, tuple[Any, ...]], None]
 # --- in a worker ------------------------------------------------------------
 
 
+# TODO: Each record is one protocol message, so logging at INFO for
+# every stream record costs a pickle and a pipe write per line; sending
+# the pending records in one message per tick would make it cheap.
 class WorkerLogForwarder(logging.Handler):
     """Sends a worker's log records to the driver; never blocks.
 

@@ -130,6 +130,8 @@ class Monitor:
             except Exception:  # noqa: BLE001 - a display must not stop a job
                 log.debug("monitor failed to sample", exc_info=True)
 
+    # TODO: With several jobs running at once the live line shows only
+    # the newest; a line per job, or a combined line, needs a layout.
     def poll(self) -> None:
         """Find jobs, redraw the live line, write metrics when due."""
         from ._driver import live_drivers

@@ -500,9 +500,43 @@ class StageInstance:
         """A stage that is only a hash keyby: route a whole tick at once.
 
         The driver runs this for every source record when the source
-        feeds a keyby directly, so it avoids the chain's per-record
-        calls; errors still go through the per-record path.
+        feeds a keyby directly, so it works in C-level passes (map,
+        compress) instead of a Python loop per record. Anything unusual
+        (an exception, a None key, a key that cannot be routed) falls
+        back to :meth:`_route_each`, which reports it per record.
         """
+        emitter = self._route_only
+        assert emitter is not None
+        try:
+            keys = list(map(emitter.extract, values))  # type: ignore[arg-type]
+            dests = list(map(emitter.cache.get, keys))
+            if None in keys:
+                raise _KeyProblem("a key is None")
+            if None in dests:
+                for position, dest in enumerate(dests):
+                    if dest is None:
+                        dests[position] = emitter._route(
+                            keys[position], values[position]
+                        )
+        except Exception:
+            self._route_each(idxs, values)
+            return
+        positions = list(idxs)
+        batches = emitter.batches
+        if len(batches) == 1:
+            batches[0].idxs += positions
+            batches[0].keys += keys
+            batches[0].values += values
+        else:
+            for dest, batch in enumerate(batches):
+                mask = list(map(dest.__eq__, dests))
+                batch.idxs += itertools.compress(positions, mask)
+                batch.keys += itertools.compress(keys, mask)
+                batch.values += itertools.compress(values, mask)
+        emitter.count += len(values)
+
+    def _route_each(self, idxs: Any, values: list[Any]) -> None:
+        """Route record by record, reporting each failing record."""
         emitter = self._route_only
         assert emitter is not None
         extract, cache = emitter.extract, emitter.cache

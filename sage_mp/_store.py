@@ -117,12 +117,15 @@ class Store:
     ) -> int:
         written = 0
         ident = _ID.pack(checkpoint)
-        with self.env.begin(write=True) as txn:
+        # Zero-copy reads: deciding whether to compact needs one byte of
+        # each of a group's blobs, and copying whole bases made every
+        # checkpoint cost as much as the total state.
+        with self.env.begin(write=True, buffers=True) as txn:
             for (op, attr, group), (blob, is_base) in keyed.items():
                 head = _prefix(op, attr) + _GROUP.pack(group)
                 history = self._history(txn, head)
                 if not is_base and _deltas_since_base(history) >= COMPACT_AFTER:
-                    blob = merge([value for _, value in history] + [DELTA + blob])
+                    blob = merge(self._values(txn, head) + [DELTA + blob])
                     is_base = True
                 else:
                     blob = (BASE if is_base else DELTA) + blob
@@ -143,10 +146,19 @@ class Store:
         return written
 
     def _history(self, txn: Any, head: bytes) -> list[tuple[int, bytes]]:
+        """(checkpoint id, kind byte) of a group's blobs, oldest first."""
+        return [(ident, bytes(value[:1])) for ident, value in self._scan(txn, head)]
+
+    def _values(self, txn: Any, head: bytes) -> list[bytes]:
+        """Copies of a group's blobs, oldest first."""
+        return [bytes(value) for _, value in self._scan(txn, head)]
+
+    def _scan(self, txn: Any, head: bytes) -> list[tuple[int, Any]]:
         cursor = txn.cursor(db=self.keyed)
         out = []
         if cursor.set_range(head):
             for key, value in cursor:
+                key = bytes(key)
                 if not key.startswith(head) or len(key) != len(head) + 8:
                     break
                 out.append((_ID.unpack(key[-8:])[0], value))
@@ -177,6 +189,7 @@ class Store:
         stale = []
         if cursor.set_range(head):
             for key, _ in cursor:
+                key = bytes(key)
                 if not key.startswith(head) or len(key) != len(head) + 8:
                     break
                 if _ID.unpack(key[-8:])[0] < horizon:
@@ -192,7 +205,7 @@ class Store:
         """Return the group's blobs with ids <= ``upto``, in id order."""
         head = _prefix(op, attr) + _GROUP.pack(group)
         with self.env.begin() as txn:
-            return [(i, v) for i, v in self._history(txn, head) if i <= upto]
+            return [(i, bytes(v)) for i, v in self._scan(txn, head) if i <= upto]
 
     def plain_value(self, op: str, attr: str, checkpoint: int) -> bytes | None:
         with self.env.begin() as txn:
@@ -247,11 +260,8 @@ class Store:
 
 def _meta_ids(txn: Any, db: Any) -> list[int]:
     cursor = txn.cursor(db=db)
-    return [
-        _ID.unpack(key[5:])[0]
-        for key in cursor.iternext(values=False)
-        if key.startswith(b"ckpt:")
-    ]
+    keys = [bytes(key) for key in cursor.iternext(values=False)]
+    return [_ID.unpack(key[5:])[0] for key in keys if key.startswith(b"ckpt:")]
 
 
 def _deltas_since_base(history: list[tuple[int, bytes]]) -> int:
