@@ -21,6 +21,8 @@ import pstats
 import sys
 from pathlib import Path
 
+from .cli import _positive_float, _positive_int
+
 __all__ = ["WORKLOADS", "add_arguments", "find_suite", "main", "profile_report"]
 
 #: The workloads, in the order the suite runs them.
@@ -113,24 +115,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
 
 
 def _workload_list(text: str) -> list[str]:
