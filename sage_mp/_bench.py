@@ -115,8 +115,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-
-
 def _workload_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in WORKLOADS]

@@ -17,7 +17,6 @@ from typing import Any
 
 __all__ = [
     "KEY_GROUPS",
-    "Router",
     "canonical_key",
     "groups_of_worker",
     "key_group",
@@ -112,22 +111,3 @@ def groups_of_worker(worker: int, workers: int) -> range:
     first = -(-worker * KEY_GROUPS // workers)
     last = -(-(worker + 1) * KEY_GROUPS // workers)
     return range(first, last)
-
-
-class Router:
-    """Caches key -> worker for one stage; the cache is bounded."""
-
-    _LIMIT = 1 << 20
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._cache: dict[Any, int] = {}
-
-    def worker_of(self, key: Any) -> int:
-        worker = self._cache.get(key)
-        if worker is None:
-            worker = worker_for_group(key_group(key), self.workers)
-            if len(self._cache) >= self._LIMIT:
-                self._cache.clear()
-            self._cache[key] = worker
-        return worker

@@ -114,14 +114,6 @@ class Plan:
     def driver_stage(self) -> StagePlan:
         return self.stages[-1]
 
-    def operator_names(self) -> list[str]:
-        names = [self.source.name]
-        for stage in self.stages:
-            names += [op.name for op in stage.operators]
-            if stage.route is not None and stage.route.keyby is not None:
-                names.append(stage.route.keyby.name)
-        return names
-
 
 def check_function(kind: str, function: Any, where: str) -> None:
     """Refuse anything that is neither a matching class nor a callable."""

@@ -306,7 +306,7 @@ class StageInstance:
             self.emitter = self._make_emitter(plan, next_stage, extract)
             tail = self.emitter.push
         # A stage of nothing but a hash keyby whose values need no
-        # freezing routes whole ticks in one loop (see _route_all).
+        # freezing routes whole ticks at once (see _route_all).
         self._route_only: _HashEmitter | None = None
         if (
             not plan.operators
@@ -321,7 +321,8 @@ class StageInstance:
                 fn._collector = tail  # type: ignore[attr-defined]
             self.nodes.insert(0, node)
             tail = node.push
-        self.head = tail
+        # The nodes serve FlatMapFunction.collect and hold the counts; the
+        # compiled loop runs every other record through the chain.
         ends_in_sink = bool(plan.operators) and plan.operators[-1].kind == "sink"
         self._runner = compile_chain(
             [spec.kind for spec in plan.operators],

@@ -150,9 +150,6 @@ class PipeEndpoint:
         if len(writer.queue) == 1:
             writer.write_some()
 
-    def pending_bytes(self) -> int:
-        return sum(sum(map(len, w.queue)) for w in self._writers.values())
-
     def receive(self, timeout: float | None) -> list[tuple[int, tuple[Any, ...]]]:
         got = self._collect()
         if got or timeout == 0:
