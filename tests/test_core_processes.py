@@ -120,10 +120,8 @@ def test_ctrl_c_exits_130_and_leaves_no_process(workers, target, tmp_path):
     assert not wait_gone(children), "workers survived Ctrl-C"
 
 
-@pytest.mark.parametrize("workers", WORKERS)
-def test_cli_job_that_ends_leaves_no_process(workers, tmp_path):
-    """A job run by the CLI that ends by itself exits 0 with no leftovers."""
-    proc, progress = start_cli(tmp_path, workers, "end")
+def children_until_exit(proc):
+    """Collect every descendant pid of ``proc`` until it exits; its stderr."""
     try:
         cli = psutil.Process(proc.pid)
         seen = set()
@@ -133,11 +131,19 @@ def test_cli_job_that_ends_leaves_no_process(workers, tmp_path):
             except psutil.NoSuchProcess:
                 break
             time.sleep(0.02)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    return seen, err
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_cli_job_that_ends_leaves_no_process(workers, tmp_path):
+    """A job run by the CLI that ends by itself exits 0 with no leftovers."""
+    proc, progress = start_cli(tmp_path, workers, "end")
+    seen, err = children_until_exit(proc)
 
     assert proc.returncode == 0, err
     assert progress.read_text() == "20000"
@@ -148,20 +154,7 @@ def test_cli_job_that_ends_leaves_no_process(workers, tmp_path):
 def test_cli_job_with_user_error_fails_and_leaves_no_process(workers, tmp_path):
     """A user error makes the CLI exit 1 with the error, workers gone."""
     proc, progress = start_cli(tmp_path, workers, "fail")
-    try:
-        cli = psutil.Process(proc.pid)
-        seen = set()
-        while proc.poll() is None:
-            try:
-                seen |= {c.pid for c in cli.children(recursive=True)}
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.02)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    seen, err = children_until_exit(proc)
 
     assert proc.returncode == 1, err
     assert "check" in err and "negative n" in err
