@@ -20,8 +20,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import multiprocess
 
@@ -50,7 +51,7 @@ from .errors import (
     UserFunctionError,
     WorkerDied,
 )
-from .functions import StopSignal
+from .functions import CollectionSource, StopSignal
 
 __all__ = ["Driver", "JobResult", "RunOptions"]
 
@@ -187,6 +188,10 @@ class Driver:
         # modulo its length: lets a monitor thread count the records
         # still inside the pipeline without a lock (see _metrics).
         self.tick_sizes = [0] * (options.in_flight + 2)
+        self._scan = scans_collection(plan)
+        # Looked up before the workers fork: touching every record
+        # afterwards would copy the pages the workers share with us.
+        self._scan_nones = self._scan and None in plan.source.args[0]
         self._cpu_at_start = 0.0
 
     # -- lifecycle
@@ -237,7 +242,10 @@ class Driver:
                 *_test_hooks(),
             )
         options = WorkerOptions(
-            self.name, self.options.error_policy == "skip", checkpointing
+            self.name,
+            self.options.error_policy == "skip",
+            checkpointing,
+            scan=self._scan,
         )
         pipes = PipeSet(self.workers)
         context = multiprocess.get_context("fork")
@@ -468,6 +476,9 @@ class Driver:
 
     def _pump_tick(self) -> None:
         """Poll the source for one tick's records, then send the tick."""
+        if self._scan:
+            self._send_slice()
+            return
         batch = Batch()
         size = self.options.batch_size
         deadline = time.monotonic() + self.options.linger
@@ -535,6 +546,27 @@ class Driver:
                 self.head.feed(tick, batch.values)
             except StageFailure as failure:
                 raise UserFunctionError(failure.report) from None
+        self._ticks_sent = tick + 1
+
+    def _send_slice(self) -> None:
+        """Send the next tick as a slice of the collection (see P.SLICE)."""
+        source = self.source
+        assert isinstance(source, CollectionSource)
+        items = cast(Sequence[Any], source.items)
+        start = source.position
+        stop = min(start + self.options.batch_size, len(items))
+        if start >= stop or self._stop.is_set():
+            self._source_done = True
+            return
+        source.position = stop
+        tick = self._ticks_sent
+        count = stop - start
+        if self._scan_nones:
+            count -= items[start:stop].count(None)
+        self.tick_sizes[tick % len(self.tick_sizes)] = count
+        self._records += count
+        for worker in range(self.workers):
+            self.endpoint.send(worker, (P.SLICE, 1, tick, start, stop))
         self._ticks_sent = tick + 1
 
     def _wait_for_window(self) -> None:
@@ -730,6 +762,29 @@ def _failure_error(report: FailureReport) -> JobFailed:
     return JobFailed(
         f"worker {report.worker} failed in the engine: {report.error}\n"
         f"{report.traceback}"
+    )
+
+
+def scans_collection(plan: Plan) -> bool:
+    """True when the workers can read the source themselves.
+
+    That is when the source is a collection that supports slicing and
+    a hash ``keyby`` directly follows it: a forked worker holds the same
+    collection, so the driver sends only each tick's bounds (P.SLICE)
+    and takes itself out of the data path.
+    """
+    spec = plan.source
+    head = plan.stages[0]
+    return (
+        spec.function is CollectionSource
+        and not spec.delay
+        and len(spec.args) == 1
+        and isinstance(spec.args[0], (list, tuple, range))
+        and head.at_head
+        and head.route is not None
+        and head.route.kind == "hash"
+        and plan.stages[1].on_workers
+        and not plan.stages[1].single
     )
 
 

@@ -149,11 +149,19 @@ class JobWatch:
         return max(0.0, (out - before) / (now - then))
 
     def _workers(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        procs = list(self.driver._procs)
+        if all(proc.exitcode is not None for proc in procs):
+            # The job is over: nothing to sample, and importing psutil
+            # would only add to the job's wall time.
+            for index, proc in enumerate(procs):
+                row = {"worker": index, "pid": proc.pid}
+                rows.append({**row, "cpu_percent": None, "cpu": None, "rss": None})
+            return rows
         import psutil
 
-        rows = []
-        for index, proc in enumerate(list(self.driver._procs)):
-            row: dict[str, Any] = {"worker": index, "pid": proc.pid}
+        for index, proc in enumerate(procs):
+            row = {"worker": index, "pid": proc.pid}
             handle = self._procs.get(proc.pid)
             try:
                 first = handle is None

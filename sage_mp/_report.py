@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
 from typing import Any
 
 __all__ = ["checkpoint_stats", "format_report", "records_out", "result_dict"]
@@ -41,6 +40,8 @@ def records_out(result: Any) -> int:
 
 def checkpoint_stats(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
     """Count, median and max duration (s) and size (bytes)."""
+    import statistics  # Not at the top: every job's report loads this module.
+
     durations = [float(entry["duration"]) for entry in checkpoints]
     sizes = [int(entry["bytes"]) for entry in checkpoints]
     return {

@@ -38,10 +38,14 @@ class WorkerOptions:
         job_name: str,
         skip_errors: bool,
         checkpointing: WorkerCheckpointing | None = None,
+        scan: bool = False,
     ) -> None:
         self.job_name = job_name
         self.skip_errors = skip_errors
         self.checkpointing = checkpointing
+        #: The driver sends slices of the source collection instead of
+        #: batches; the worker routes them itself (see StageInstance.scan).
+        self.scan = scan
 
 
 def host_stages(
@@ -72,6 +76,36 @@ def host_stages(
     return stages
 
 
+class _Scanner:
+    """Reads this worker's share of a collection source (see P.SLICE)."""
+
+    def __init__(self, stage: StageInstance, items: Any) -> None:
+        self.stage = stage
+        self.items = items
+
+    def batch(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+        return self.stage.scan(message, self.items)
+
+
+def host_scanner(
+    plan: Plan, me: int, workers: int, endpoint: Endpoint, options: WorkerOptions
+) -> _Scanner:
+    """This worker's copy of the driver's routing stage, for slices."""
+    head = plan.stages[0]
+    stage = StageInstance(
+        head,
+        None,
+        plan.stages[1],
+        me,
+        workers,
+        endpoint.send,
+        job_name=options.job_name,
+        skip_errors=options.skip_errors,
+    )
+    stage.open()
+    return _Scanner(stage, plan.source.args[0])
+
+
 def run_worker(
     plan: Plan, me: int, workers: int, endpoint: Endpoint, options: WorkerOptions
 ) -> int:
@@ -92,14 +126,22 @@ def run_worker(
         stages = host_stages(plan, me, workers, endpoint, options, hook)
         if checkpointer is not None:
             checkpointer.attach(stages, endpoint.send)
+        scanner = None
+        if options.scan:
+            scanner = host_scanner(plan, me, workers, endpoint, options)
         for stage in stages.values():
             stage.open()
         sampler = OperatorSampler(stages)
         sampler.start()
-        code = _loop(stages, endpoint, parent, checkpointer, sampler, forwarder)
+        code = _loop(
+            stages, endpoint, parent, checkpointer, sampler, forwarder, scanner
+        )
         sampler.stop()
+        if code == 0 and scanner is not None:
+            scanner.stage.close_functions()
         if code == 0:
-            last = (P.DONE, {**_stats(me, stages), "busy": sampler.busy()})
+            stats = _stats(me, stages, scanner)
+            last = (P.DONE, {**stats, "busy": sampler.busy()})
     except StageFailure as failure:
         last = (P.FAILED, failure.report)
         code = 1
@@ -146,6 +188,7 @@ def _loop(
     checkpointer: WorkerCheckpointer | None,
     sampler: OperatorSampler,
     forwarder: WorkerLogForwarder,
+    scanner: _Scanner | None = None,
 ) -> int:
     ordered = sorted(stages.values(), key=lambda s: s.index, reverse=True)
     idle = False
@@ -160,6 +203,9 @@ def _loop(
                 if checkpointer is not None:
                     checkpointer.on_commit(message[1], message[2])
                 continue
+            if message[0] == P.SLICE:
+                assert scanner is not None
+                message = scanner.batch(message)
             stages[message[1]].deliver(sender, message)
         progressed = False
         for stage in ordered:
@@ -183,16 +229,21 @@ def _loop(
             return 2
 
 
-def _stats(me: int, stages: dict[int, StageInstance]) -> dict[str, Any]:
+def _stats(
+    me: int, stages: dict[int, StageInstance], scanner: _Scanner | None
+) -> dict[str, Any]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    hosted = list(stages.values())
+    if scanner is not None:
+        hosted.append(scanner.stage)
     operators: dict[str, Any] = {}
-    for stage in stages.values():
+    for stage in hosted:
         operators.update(stage.counts())
     return {
         "worker": me,
         "operators": operators,
         "records": sum(stage.records_in for stage in stages.values()),
-        "stage_busy": {stage.index: stage.busy for stage in stages.values()},
+        "stage_busy": {stage.index: stage.busy for stage in hosted},
         "cpu": usage.ru_utime + usage.ru_stime,
         "peak_rss": usage.ru_maxrss * 1024,
     }
