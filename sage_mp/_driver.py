@@ -169,6 +169,7 @@ class Driver:
         self.workers = options.workers
         self._stop = threading.Event()
         self._procs: list[Any] = []
+        self.worker_pids: list[int] = []
         self._done: dict[int, dict[str, Any]] = {}
         self._failure: BaseException | None = None
         self._dead_file: Any = None
@@ -189,10 +190,6 @@ class Driver:
         # still inside the pipeline without a lock (see _metrics).
         self.tick_sizes = [0] * (options.in_flight + 2)
         self._scan = scans_collection(plan)
-        # Looked up before the workers fork: touching every record
-        # afterwards would copy the pages the workers share with us.
-        self._scan_nones = self._scan and None in plan.source.args[0]
-        self._cpu_at_start = 0.0
 
     # -- lifecycle
 
@@ -258,6 +255,7 @@ class Driver:
             )
             proc.start()
             self._procs.append(proc)
+        self.worker_pids = [proc.pid for proc in self._procs]
         self.endpoint = pipes.endpoint(DRIVER)
 
     def stop(self) -> None:
@@ -549,9 +547,9 @@ class Driver:
         self._ticks_sent = tick + 1
 
     def _send_slice(self) -> None:
-        """Send the next tick as a slice of the collection (see P.SLICE)."""
+        """Route the next tick of the collection; send keys, not records."""
         source = self.source
-        assert isinstance(source, CollectionSource)
+        assert isinstance(source, CollectionSource) and self.head is not None
         items = cast(Sequence[Any], source.items)
         start = source.position
         stop = min(start + self.options.batch_size, len(items))
@@ -559,14 +557,20 @@ class Driver:
             self._source_done = True
             return
         source.position = stop
+        values = items[start:stop]
+        if not isinstance(values, list):
+            values = list(values)
+        offsets: Any = range(len(values))
+        if None in values:
+            offsets = [i for i, value in enumerate(values) if value is not None]
+            values = [values[i] for i in offsets]
         tick = self._ticks_sent
-        count = stop - start
-        if self._scan_nones:
-            count -= items[start:stop].count(None)
-        self.tick_sizes[tick % len(self.tick_sizes)] = count
-        self._records += count
-        for worker in range(self.workers):
-            self.endpoint.send(worker, (P.SLICE, 1, tick, start, stop))
+        self.tick_sizes[tick % len(self.tick_sizes)] = len(values)
+        self._records += len(values)
+        try:
+            self.head.feed_slice(tick, start, offsets, values)
+        except StageFailure as failure:
+            raise UserFunctionError(failure.report) from None
         self._ticks_sent = tick + 1
 
     def _wait_for_window(self) -> None:
@@ -678,6 +682,14 @@ class Driver:
             proc.join(timeout=5.0)
 
     def _cleanup(self) -> None:
+        for proc in self._procs:
+            # Frees the pipes that multiprocess keeps open per child
+            # until its Process object is collected, which may be never
+            # in a program that keeps its environments.
+            try:
+                proc.close()
+            except ValueError:
+                log.warning("worker pid %s could not be reaped", proc.pid)
         endpoint = getattr(self, "endpoint", None)
         if endpoint is not None:
             endpoint.close()
@@ -766,12 +778,12 @@ def _failure_error(report: FailureReport) -> JobFailed:
 
 
 def scans_collection(plan: Plan) -> bool:
-    """True when the workers can read the source themselves.
+    """True when the workers can read the source's records themselves.
 
     That is when the source is a collection that supports slicing and
     a hash ``keyby`` directly follows it: a forked worker holds the same
-    collection, so the driver sends only each tick's bounds (P.SLICE)
-    and takes itself out of the data path.
+    collection, so the driver routes each tick but sends every worker
+    only the positions and keys of its records (P.SLICE).
     """
     spec = plan.source
     head = plan.stages[0]

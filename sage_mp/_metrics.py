@@ -150,23 +150,22 @@ class JobWatch:
 
     def _workers(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
-        procs = list(self.driver._procs)
-        if all(proc.exitcode is not None for proc in procs):
-            # The job is over: nothing to sample, and importing psutil
-            # would only add to the job's wall time.
-            for index, proc in enumerate(procs):
-                row = {"worker": index, "pid": proc.pid}
+        if self.driver.finished.is_set():
+            # The job is over and its workers are reaped: nothing to
+            # sample, and importing psutil would only add to its time.
+            for index, pid in enumerate(self.driver.worker_pids):
+                row = {"worker": index, "pid": pid}
                 rows.append({**row, "cpu_percent": None, "cpu": None, "rss": None})
             return rows
         import psutil
 
-        for index, proc in enumerate(procs):
-            row = {"worker": index, "pid": proc.pid}
-            handle = self._procs.get(proc.pid)
+        for index, pid in enumerate(list(self.driver.worker_pids)):
+            row = {"worker": index, "pid": pid}
+            handle = self._procs.get(pid)
             try:
                 first = handle is None
                 if handle is None:
-                    handle = self._procs[proc.pid] = psutil.Process(proc.pid)
+                    handle = self._procs[pid] = psutil.Process(pid)
                 with handle.oneshot():
                     # psutil measures from the previous call: the first
                     # one has nothing to compare with.

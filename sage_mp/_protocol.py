@@ -14,11 +14,11 @@ Data plane, sent along the pipeline (driver -> stage 0 -> stage 1 ...
     batch per tick it processes to every instance of the next stage.
     ``idxs`` are the records' positions in the source's tick, used to
     merge batches from several senders back into source order.
-``("slice", stage, tick, start, stop)``
-    Sent instead of a batch when the source is a collection that every
-    worker holds (workers are forked with it): the records of ``tick``
-    are items ``start`` to ``stop`` of that collection, and the worker
-    routes them itself, keeping the ones its instance of ``stage`` owns.
+``("slice", stage, tick, start, offsets, keys)``
+    A batch whose records stay behind: sent instead of ``batch`` when
+    the source is a collection that the receiver holds too (a forked
+    worker inherits it). The records are the collection's items at
+    ``start + offset``; ``offsets`` also serve as their ``idxs``.
 ``("barrier", stage, checkpoint_id, tick)``
     Checkpoint ``checkpoint_id`` cuts the stream before ``tick``. Sent
     after the sender's last batch before ``tick``.

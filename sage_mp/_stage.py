@@ -497,7 +497,9 @@ class StageInstance:
     def _run_chain(self, idxs: Any, keys: Any, values: list[Any]) -> None:
         self._runner(idxs, keys, values, self.current, self._on_error)
 
-    def _route_all(self, idxs: Any, values: list[Any], only: int | None = None) -> None:
+    def _route_all(
+        self, idxs: Any, values: list[Any], with_values: bool = True
+    ) -> None:
         """A stage that is only a hash keyby: route a whole tick at once.
 
         The driver runs this for every source record when the source
@@ -505,9 +507,7 @@ class StageInstance:
         compress) instead of a Python loop per record. Anything unusual
         (an exception, a None key, a key that cannot be routed) falls
         back to :meth:`_route_each`, which reports it per record.
-
-        With ``only``, just the records bound for that destination are
-        kept (see :meth:`scan`), and the caller does the counting.
+        Without ``with_values`` the batches get positions and keys only.
         """
         emitter = self._route_only
         assert emitter is not None
@@ -523,34 +523,26 @@ class StageInstance:
                             keys[position], values[position]
                         )
         except Exception:
-            self._route_each(idxs, values, only)
+            self._route_each(idxs, values)
             return
         positions = list(idxs)
         batches = emitter.batches
         if len(batches) == 1:
             batches[0].idxs += positions
             batches[0].keys += keys
-            batches[0].values += values
+            if with_values:
+                batches[0].values += values
         else:
             for dest, batch in enumerate(batches):
-                if only is not None and dest != only:
-                    continue
                 mask = list(map(dest.__eq__, dests))
                 batch.idxs += itertools.compress(positions, mask)
                 batch.keys += itertools.compress(keys, mask)
-                batch.values += itertools.compress(values, mask)
-        if only is None:
-            emitter.count += len(values)
+                if with_values:
+                    batch.values += itertools.compress(values, mask)
+        emitter.count += len(values)
 
-    def _route_each(
-        self, idxs: Any, values: list[Any], only: int | None = None
-    ) -> None:
-        """Route record by record, reporting each failing record.
-
-        With ``only`` (see :meth:`scan`), every host routes the same
-        records, so a failing record is reported by one host alone: the
-        one whose number is the record's position modulo the hosts.
-        """
+    def _route_each(self, idxs: Any, values: list[Any]) -> None:
+        """Route record by record, reporting each failing record."""
         emitter = self._route_only
         assert emitter is not None
         extract, cache = emitter.extract, emitter.cache
@@ -569,51 +561,43 @@ class StageInstance:
                     dest = cache.get(key)
                     if dest is None:
                         dest = emitter._route(key, value)
-                    if only is not None and dest != only:
-                        continue
                     idx_lists[dest].append(positions[position])
                     key_lists[dest].append(key)
                     value_lists[dest].append(value)
                 start = len(values)
             except Exception as err:
-                if only is None or positions[position] % self.workers == only:
-                    self.current.idx = positions[position]
-                    self._on_error(err, None, values[position])
+                self.current.idx = positions[position]
+                self._on_error(err, None, values[position])
                 start = position + 1
-        if only is None:
-            emitter.count += len(values)
-
-    def scan(self, message: tuple[Any, ...], items: Any) -> tuple[Any, ...]:
-        """Turn a slice message into the batch this worker would receive.
-
-        The source is a collection every worker holds (it was forked
-        with it), so instead of the driver routing each record and
-        sending it through a pipe, every worker reads the tick's slice
-        of the collection, routes all of it and keeps its own records.
-        Key extraction runs once per worker, which costs far less than
-        pickling, sending and unpickling the records.
-        """
-        _, stage, tick, start, stop = message
-        started = time.perf_counter()
-        values = items[start:stop]
-        if not isinstance(values, list):
-            values = list(values)
-        if None in values:
-            values = [value for value in values if value is not None]
-        me = self.host
-        emitter = self._route_only
-        assert emitter is not None
-        self._route_all(range(len(values)), values, me)
-        # Each record is counted by one worker, as the driver would.
-        emitter.count += len(range(me, len(values), self.workers))
-        batch = emitter.batches[me]
-        emitter.batches[me] = Batch()
-        self.busy += time.perf_counter() - started
-        return (P.BATCH, stage, tick, *batch.parts())
+        emitter.count += len(values)
 
     def feed(self, tick: int, values: list[Any]) -> None:
         """Process one tick handed over in-process (the driver's head)."""
         self._process(tick, [(P.BATCH, self.index, tick, None, None, values, [])])
+
+    def feed_slice(
+        self, tick: int, start: int, offsets: Any, values: list[Any]
+    ) -> None:
+        """Route one tick of a collection that every worker holds.
+
+        ``values`` are the collection's items at ``start + offset`` for
+        each of ``offsets``. Each worker is sent the offsets and keys of
+        its own records, not the records: it was forked with the same
+        collection and reads them itself (see P.SLICE), which spares
+        pickling, writing and unpickling every record.
+        """
+        started = time.perf_counter()
+        emitter = self._route_only
+        assert emitter is not None
+        self.records_in += len(values)
+        self._route_all(offsets, values, with_values=False)
+        stage = self.index + 1
+        batches = emitter.batches
+        for dest, batch in zip(self._destinations, batches, strict=True):
+            self.send(dest, (P.SLICE, stage, tick, start, batch.idxs, batch.keys))
+        emitter.batches = [Batch() for _ in batches]
+        self.busy += time.perf_counter() - started
+        self.next_tick = tick + 1
 
     def barrier(self, checkpoint: int, tick: int) -> None:
         """Cut checkpoint ``checkpoint`` before ``tick`` (in-process)."""

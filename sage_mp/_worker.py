@@ -44,7 +44,7 @@ class WorkerOptions:
         self.skip_errors = skip_errors
         self.checkpointing = checkpointing
         #: The driver sends slices of the source collection instead of
-        #: batches; the worker routes them itself (see StageInstance.scan).
+        #: batches; the worker reads the records itself (see P.SLICE).
         self.scan = scan
 
 
@@ -76,34 +76,11 @@ def host_stages(
     return stages
 
 
-class _Scanner:
-    """Reads this worker's share of a collection source (see P.SLICE)."""
-
-    def __init__(self, stage: StageInstance, items: Any) -> None:
-        self.stage = stage
-        self.items = items
-
-    def batch(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
-        return self.stage.scan(message, self.items)
-
-
-def host_scanner(
-    plan: Plan, me: int, workers: int, endpoint: Endpoint, options: WorkerOptions
-) -> _Scanner:
-    """This worker's copy of the driver's routing stage, for slices."""
-    head = plan.stages[0]
-    stage = StageInstance(
-        head,
-        None,
-        plan.stages[1],
-        me,
-        workers,
-        endpoint.send,
-        job_name=options.job_name,
-        skip_errors=options.skip_errors,
-    )
-    stage.open()
-    return _Scanner(stage, plan.source.args[0])
+def fetch_slice(message: tuple[Any, ...], items: Any) -> tuple[Any, ...]:
+    """Turn a slice message into the batch it stands for (see P.SLICE)."""
+    _, stage, tick, start, offsets, keys = message
+    values = list(map(items.__getitem__, map(start.__add__, offsets)))
+    return (P.BATCH, stage, tick, offsets, keys, values, [])
 
 
 def run_worker(
@@ -126,22 +103,16 @@ def run_worker(
         stages = host_stages(plan, me, workers, endpoint, options, hook)
         if checkpointer is not None:
             checkpointer.attach(stages, endpoint.send)
-        scanner = None
-        if options.scan:
-            scanner = host_scanner(plan, me, workers, endpoint, options)
+        # The collection the driver sends slices of (see P.SLICE).
+        items = plan.source.args[0] if options.scan else None
         for stage in stages.values():
             stage.open()
         sampler = OperatorSampler(stages)
         sampler.start()
-        code = _loop(
-            stages, endpoint, parent, checkpointer, sampler, forwarder, scanner
-        )
+        code = _loop(stages, endpoint, parent, checkpointer, sampler, forwarder, items)
         sampler.stop()
-        if code == 0 and scanner is not None:
-            scanner.stage.close_functions()
         if code == 0:
-            stats = _stats(me, stages, scanner)
-            last = (P.DONE, {**stats, "busy": sampler.busy()})
+            last = (P.DONE, {**_stats(me, stages), "busy": sampler.busy()})
     except StageFailure as failure:
         last = (P.FAILED, failure.report)
         code = 1
@@ -188,7 +159,7 @@ def _loop(
     checkpointer: WorkerCheckpointer | None,
     sampler: OperatorSampler,
     forwarder: WorkerLogForwarder,
-    scanner: _Scanner | None = None,
+    items: Any = None,
 ) -> int:
     ordered = sorted(stages.values(), key=lambda s: s.index, reverse=True)
     idle = False
@@ -204,8 +175,7 @@ def _loop(
                     checkpointer.on_commit(message[1], message[2])
                 continue
             if message[0] == P.SLICE:
-                assert scanner is not None
-                message = scanner.batch(message)
+                message = fetch_slice(message, items)
             stages[message[1]].deliver(sender, message)
         progressed = False
         for stage in ordered:
@@ -229,21 +199,16 @@ def _loop(
             return 2
 
 
-def _stats(
-    me: int, stages: dict[int, StageInstance], scanner: _Scanner | None
-) -> dict[str, Any]:
+def _stats(me: int, stages: dict[int, StageInstance]) -> dict[str, Any]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    hosted = list(stages.values())
-    if scanner is not None:
-        hosted.append(scanner.stage)
     operators: dict[str, Any] = {}
-    for stage in hosted:
+    for stage in stages.values():
         operators.update(stage.counts())
     return {
         "worker": me,
         "operators": operators,
         "records": sum(stage.records_in for stage in stages.values()),
-        "stage_busy": {stage.index: stage.busy for stage in hosted},
+        "stage_busy": {stage.index: stage.busy for stage in stages.values()},
         "cpu": usage.ru_utime + usage.ru_stime,
         "peak_rss": usage.ru_maxrss * 1024,
     }
