@@ -34,7 +34,7 @@ import pickle
 import shutil
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._partition import KEY_GROUPS, groups_of_worker, key_group
@@ -379,8 +379,18 @@ class StageState:
         own: Store | None,
         point: RestorePoint,
         groups: range,
+        fallback: dict[str, list[tuple[str, bytes]]] | None = None,
     ) -> None:
-        """Load the state of ``point`` into the functions (before open())."""
+        """Load the state of ``point`` into the functions (before open()).
+
+        Non-keyed attributes come from ``own``; an operator that has
+        none there at ``point`` takes them from ``fallback`` (operator
+        -> its attributes, see :func:`plain_values`), read from the
+        store of the process that hosted it when ``point`` was written:
+        stage 0 of a collection moves between the driver and worker 0
+        when a job resumes with another worker count (see
+        :func:`sage_mp._driver.scan_mode`).
+        """
         keyed_slots: set[tuple[str, str]] = set()
         for store in stores:
             keyed_slots |= store.attributes("keyed")
@@ -388,12 +398,11 @@ class StageState:
             for slot in sorted(s for s in keyed_slots if s[0] == op):
                 if self.keyed:
                     self._restore_keyed(fn, slot, stores, point, groups)
-            if own is None:
-                continue
-            for _, attr in sorted(s for s in own.attributes("plain") if s[0] == op):
-                data = own.plain_value(op, attr, point.checkpoint)
-                if data is not None:
-                    setattr(fn, attr, loads(data))
+            values = plain_values(own, op, point.checkpoint)
+            if not values and fallback:
+                values = fallback.get(op, [])
+            for attr, data in values:
+                setattr(fn, attr, loads(data))
 
     # TODO: Entries come back grouped by key group, not in the dict's
     # old insertion order; keeping it would need a per-entry sequence
@@ -422,6 +431,20 @@ class StageState:
             entries = apply_blobs([blob for _, blob in blobs])
             target.update(entries)
             stored.update(dict.fromkeys(entries, group))
+
+
+def plain_values(
+    store: Store | None, op: str, checkpoint: int
+) -> list[tuple[str, bytes]]:
+    """``op``'s non-keyed attributes in ``store`` at ``checkpoint``."""
+    if store is None:
+        return []
+    found = []
+    for _, attr in sorted(s for s in store.attributes("plain") if s[0] == op):
+        data = store.plain_value(op, attr, checkpoint)
+        if data is not None:
+            found.append((attr, data))
+    return found
 
 
 def _group(op: str, attr: str, key: Any) -> int:
@@ -784,6 +807,11 @@ class WorkerCheckpointing:
     horizon: int
     crash_at: int | None = None  # test hook: die while writing this id
     fail: frozenset[int] = frozenset()  # test hook: these writes fail
+    #: Worker 0's fallback for its stage 0's non-keyed attributes: what
+    #: the driver's store holds of them at ``restore`` (see
+    #: StageState.restore). Read by the driver, because a forked worker
+    #: cannot open an LMDB environment that its parent has open.
+    head_plain: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
 
 
 class WorkerCheckpointer:
@@ -828,7 +856,10 @@ class WorkerCheckpointer:
             own = self.store if self.me < point.workers else None
             for stage in self.stages.values():
                 groups = owned_groups(self.me, self.workers, stage.plan.single)
-                stage.tracker.restore(stores, own, point, groups)
+                # Our stage 0 may have run in the driver when ``point``
+                # was written: the driver read its attributes for us.
+                fallback = self.settings.head_plain if stage.index == 0 else None
+                stage.tracker.restore(stores, own, point, groups, fallback)
                 if point.workers != self.workers and stage.tracker.keyed:
                     stage.tracker.rebase = groups
                 stage.start_at(point.tick, point.checkpoint)

@@ -12,8 +12,10 @@ the final stage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import operator
 import os
 import resource
 import signal
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, cast
 
 import multiprocess
@@ -35,13 +38,16 @@ from ._checkpoint import (
     WorkerCheckpointing,
     fingerprint,
     open_directory,
+    plain_values,
     purge_uncommitted,
+    worker_store,
 )
 from ._logs import emit_forwarded
 from ._metrics import operator_busy
-from ._plan import Plan
+from ._plan import Plan, StagePlan
 from ._snapshot import Batch, freeze_into, thaw
-from ._stage import StageFailure, StageInstance
+from ._stage import StageFailure, StageInstance, read_slice
+from ._store import Store
 from ._transport import DRIVER, PipeSet
 from ._worker import WorkerOptions, run_worker
 from .errors import (
@@ -189,7 +195,11 @@ class Driver:
         # modulo its length: lets a monitor thread count the records
         # still inside the pipeline without a lock (see _metrics).
         self.tick_sizes = [0] * (options.in_flight + 2)
-        self._scan = scans_collection(plan)
+        #: Who reads and routes a sliceable collection: None (the
+        #: source sends records), "driver" or "workers" (see scan_mode).
+        self._scan = scan_mode(plan, self.workers)
+        if self._scan == "workers":
+            self.plan = plan = plan_with_head_on_workers(plan)
 
     # -- lifecycle
 
@@ -232,17 +242,24 @@ class Driver:
                 pass
         checkpointing = None
         if self.coordinator is not None:
+            head_plain = {}
+            if self.restore is not None and not self.plan.stages[0].at_head:
+                # Stage 0 may have run in the driver when the restored
+                # checkpoint was written (see scan_mode).
+                store = self.coordinator.store
+                head_plain = self._plain_of(store, self.plan.stages[0])
             checkpointing = WorkerCheckpointing(
                 self.options.checkpoint.directory,  # type: ignore[union-attr]
                 self.restore,
                 self.coordinator.horizon,
                 *_test_hooks(),
+                head_plain=head_plain,
             )
         options = WorkerOptions(
             self.name,
             self.options.error_policy == "skip",
             checkpointing,
-            scan=self._scan,
+            scan=self._scan is not None,
         )
         pipes = PipeSet(self.workers)
         context = multiprocess.get_context("fork")
@@ -415,13 +432,35 @@ class Driver:
         assert point is not None and self.coordinator is not None
         store = self.coordinator.store
         self._source_state.restore([store], store, point, range(0))
+        # The head may have run on worker 0 when ``point`` was written
+        # (see scan_mode); its non-keyed attributes are then there.
+        path = os.path.join(self.coordinator.config.directory, worker_store(0))
+        head_plain = {}
+        if self.head is not None and os.path.isdir(path):
+            worker0 = Store(path, True)
+            try:
+                head_plain = self._plain_of(worker0, self.plan.stages[0])
+            finally:
+                worker0.close()
         for stage in stages:
-            stage.tracker.restore([store], store, point, range(0))
+            fallback = head_plain if stage is self.head else None
+            stage.tracker.restore([store], store, point, range(0), fallback)
             stage.start_at(point.tick, point.checkpoint)
             stage.tracker.dirty = set()
         self._ticks_sent = point.tick
         entry = self.coordinator.manifest.latest() or {}
         self._records = int(entry.get("records", 0))
+
+    def _plain_of(
+        self, store: Store, stage: StagePlan
+    ) -> dict[str, list[tuple[str, bytes]]]:
+        """What ``store`` holds of ``stage``'s non-keyed attributes."""
+        assert self.restore is not None
+        checkpoint = self.restore.checkpoint
+        return {
+            spec.name: plain_values(store, spec.name, checkpoint)
+            for spec in stage.specs
+        }
 
     # -- checkpoints
 
@@ -474,8 +513,11 @@ class Driver:
 
     def _pump_tick(self) -> None:
         """Poll the source for one tick's records, then send the tick."""
-        if self._scan:
+        if self._scan == "driver":
             self._send_slice()
+            return
+        if self._scan == "workers":
+            self._send_range()
             return
         batch = Batch()
         size = self.options.batch_size
@@ -546,24 +588,42 @@ class Driver:
                 raise UserFunctionError(failure.report) from None
         self._ticks_sent = tick + 1
 
-    def _send_slice(self) -> None:
-        """Route the next tick of the collection; send keys, not records."""
+    def _next_range(self) -> tuple[Sequence[Any], int, int] | None:
+        """Advance the collection by one tick; None at its end."""
         source = self.source
-        assert isinstance(source, CollectionSource) and self.head is not None
+        assert isinstance(source, CollectionSource)
         items = cast(Sequence[Any], source.items)
         start = source.position
         stop = min(start + self.options.batch_size, len(items))
         if start >= stop or self._stop.is_set():
             self._source_done = True
-            return
+            return None
         source.position = stop
-        values = items[start:stop]
-        if not isinstance(values, list):
-            values = list(values)
-        offsets: Any = range(len(values))
-        if None in values:
-            offsets = [i for i, value in enumerate(values) if value is not None]
-            values = [values[i] for i in offsets]
+        return items, start, stop
+
+    def _send_range(self) -> None:
+        """Deal the next tick of the collection out as bounds only."""
+        taken = self._next_range()
+        if taken is None:
+            return
+        items, start, stop = taken
+        count = stop - start
+        if not isinstance(items, range):
+            count -= sum(map(operator.is_, items[start:stop], repeat(None)))
+        tick = self._ticks_sent
+        self.tick_sizes[tick % len(self.tick_sizes)] = count
+        self._records += count
+        self.endpoint.send(tick % self.workers, (P.RANGE, 0, tick, start, stop))
+        self._ticks_sent = tick + 1
+
+    def _send_slice(self) -> None:
+        """Route the next tick of the collection; send keys, not records."""
+        assert self.head is not None
+        taken = self._next_range()
+        if taken is None:
+            return
+        start = taken[1]
+        offsets, values = read_slice(*taken)
         tick = self._ticks_sent
         self.tick_sizes[tick % len(self.tick_sizes)] = len(values)
         self._records += len(values)
@@ -777,13 +837,59 @@ def _failure_error(report: FailureReport) -> JobFailed:
     )
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+#: Forces who routes a sliceable collection: "driver" or "workers".
+#: Unset, :func:`scan_mode` decides by the number of cores.
+SCAN_ROUTING_ENV = "SAGE_MP_SCAN_ROUTING"
+
+
+def scan_mode(plan: Plan, workers: int) -> str | None:
+    """Who reads and routes the source's records, when workers can.
+
+    ``None`` when the source must send its records (see
+    :func:`scans_collection`). Otherwise the records stay out of the
+    pipes, and either the driver routes each tick and sends every
+    worker the positions and keys of its records (``"driver"``), or
+    the driver deals out tick bounds only and each worker routes the
+    ticks it is dealt (``"workers"``). The driver is worth its own
+    core when one is left over besides the workers; without a spare
+    core it would only take CPU from them, so the workers route (on 2
+    cores with 2 workers, light: driver CPU from 0.43 s to ~0.15 s
+    per million records, the job 20% faster).
+    """
+    if not scans_collection(plan):
+        return None
+    forced = os.environ.get(SCAN_ROUTING_ENV, "")
+    if forced in ("driver", "workers"):
+        return forced
+    if forced:
+        log.warning(
+            "%s=%r is not one of 'driver', 'workers'; ignored",
+            SCAN_ROUTING_ENV,
+            forced,
+        )
+    return "workers" if workers >= usable_cores() else "driver"
+
+
+def plan_with_head_on_workers(plan: Plan) -> Plan:
+    """``plan`` with its stage 0 hosted by every worker, not the driver."""
+    head = dataclasses.replace(plan.stages[0], at_head=False)
+    return dataclasses.replace(plan, stages=[head, *plan.stages[1:]])
+
+
 def scans_collection(plan: Plan) -> bool:
     """True when the workers can read the source's records themselves.
 
     That is when the source is a collection that supports slicing and
     a hash ``keyby`` directly follows it: a forked worker holds the same
-    collection, so the driver routes each tick but sends every worker
-    only the positions and keys of its records (P.SLICE).
+    collection, so only positions and keys need to travel (P.SLICE).
     """
     spec = plan.source
     head = plan.stages[0]

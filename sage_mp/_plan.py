@@ -100,6 +100,12 @@ class StagePlan:
     def on_workers(self) -> bool:
         return not (self.in_driver or self.at_head)
 
+    @property
+    def specs(self) -> list[OperatorSpec]:
+        """Every operator whose function this stage runs, keyby last."""
+        keyby = self.route.keyby if self.route is not None else None
+        return [*self.operators, *([keyby] if keyby is not None else [])]
+
 
 @dataclass
 class Plan:

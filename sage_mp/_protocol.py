@@ -19,6 +19,12 @@ Data plane, sent along the pipeline (driver -> stage 0 -> stage 1 ...
     the source is a collection that the receiver holds too (a forked
     worker inherits it). The records are the collection's items at
     ``start + offset``; ``offsets`` also serve as their ``idxs``.
+``("range", stage, tick, start, stop)``
+    The records of ``tick`` are the source collection's items
+    ``start`` to ``stop`` (``None`` items skipped). Sent by the driver
+    to one worker's instance of stage 0 when the workers route a
+    collection themselves: that worker reads the records from its own
+    copy and routes them on as ``slice`` messages.
 ``("barrier", stage, checkpoint_id, tick)``
     Checkpoint ``checkpoint_id`` cuts the stream before ``tick``. Sent
     after the sender's last batch before ``tick``.
@@ -50,6 +56,7 @@ channel closes (see :mod:`sage_mp._transport`).
 
 BATCH = "batch"
 SLICE = "slice"
+RANGE = "range"
 BARRIER = "barrier"
 END = "end"
 ACK = "ack"

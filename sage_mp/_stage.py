@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import time
 import traceback
 from collections import deque
@@ -31,7 +32,7 @@ from .context import CurrentRecord, RuntimeContext
 from .errors import FailureReport
 from .functions import BaseFunction, FlatMapFunction, _Wrapped
 
-__all__ = ["StageFailure", "StageInstance", "short_repr"]
+__all__ = ["StageFailure", "StageInstance", "read_slice", "short_repr"]
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,9 @@ class StageInstance:
         #: Set by the checkpointer of a keyed stage: keys processed since
         #: the last checkpoint are added to ``tracker.dirty`` per tick.
         self.tracker: Any = None
+        #: The source collection, when this stage 0 instance reads and
+        #: routes ranges of it itself (see P.RANGE).
+        self.collection: Any = None
 
         self.previous_route = (
             previous.route.kind if previous is not None and previous.route else None
@@ -444,6 +448,9 @@ class StageInstance:
             kind = message[0]
             if kind == P.BATCH:
                 self._process(message[2], [message])
+            elif kind == P.RANGE:
+                _, _, tick, start, stop = message
+                self.feed_slice(tick, start, *read_slice(self.collection, start, stop))
             elif kind == P.BARRIER:
                 self._snapshot(message[2], message[3])
             elif kind == P.END:
@@ -723,6 +730,24 @@ class StageInstance:
                 "skipped": self.skipped.get(node.name, 0),
             }
         return out
+
+
+def read_slice(items: Any, start: int, stop: int) -> tuple[Any, list[Any]]:
+    """The records of a collection's tick: their offsets, and them.
+
+    ``None`` items are not records (a source's "nothing now"), so they
+    are skipped, and the offsets say where the others were.
+    """
+    values = items[start:stop]
+    if not isinstance(values, list):
+        values = list(values)
+    offsets: Any = range(len(values))
+    # Identity, not ==: a record's __eq__ (a numpy array's, say) must
+    # not decide what is a record.
+    if any(map(operator.is_, values, itertools.repeat(None))):
+        offsets = [i for i, value in enumerate(values) if value is not None]
+        values = [values[i] for i in offsets]
+    return offsets, values
 
 
 def _direct(fn: BaseFunction) -> Callable[..., Any]:

@@ -43,8 +43,8 @@ class WorkerOptions:
         self.job_name = job_name
         self.skip_errors = skip_errors
         self.checkpointing = checkpointing
-        #: The driver sends slices of the source collection instead of
-        #: batches; the worker reads the records itself (see P.SLICE).
+        #: Slices or ranges of the source collection travel instead of
+        #: its records; the worker reads them itself (P.SLICE, P.RANGE).
         self.scan = scan
 
 
@@ -103,8 +103,11 @@ def run_worker(
         stages = host_stages(plan, me, workers, endpoint, options, hook)
         if checkpointer is not None:
             checkpointer.attach(stages, endpoint.send)
-        # The collection the driver sends slices of (see P.SLICE).
+        # The collection whose records travel as slices or ranges of
+        # it (see P.SLICE and P.RANGE).
         items = plan.source.args[0] if options.scan else None
+        if 0 in stages:
+            stages[0].collection = items
         for stage in stages.values():
             stage.open()
         sampler = OperatorSampler(stages)

@@ -12,6 +12,7 @@ installs logging handlers.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import runpy
@@ -211,7 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = extra[1:]
     args.script_args = extra
     if args.command == "run":
-        return _run(parser, args)
+        code = _run(parser, args)
+        # Interpreter shutdown runs a full garbage collection over every
+        # object still alive: with a million records in memory and
+        # pages shared with the forked workers, that cost ~0.12 s of a
+        # 0.9 s job. The process ends now, so those objects no longer
+        # need collecting; frozen, they are freed by reference count
+        # alone. Files still flush and close as their objects go; only
+        # objects that nothing but a reference cycle keeps are left
+        # unfinalized, which Python does not promise at exit either.
+        gc.freeze()
+        return code
     if args.command == "state":
         return _state(parser, args)
     if args.command == "bench":

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._checkpoint import CheckpointConfig
-from ._driver import Driver, JobResult, RunOptions
+from ._driver import Driver, JobResult, RunOptions, usable_cores
 from ._plan import STRATEGIES, OperatorSpec, Plan, build_plan, check_function
 from .errors import PipelineError
 from .functions import CollectionSource
@@ -40,13 +40,6 @@ def submitted_environments() -> list[LocalEnvironment]:
     """Environments whose jobs were submitted in this process."""
     with _SUBMITTED_LOCK:
         return list(_SUBMITTED)
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class LocalEnvironment:
