@@ -858,7 +858,8 @@ class WorkerCheckpointer:
                 groups = owned_groups(self.me, self.workers, stage.plan.single)
                 # Our stage 0 may have run in the driver when ``point``
                 # was written: the driver read its attributes for us.
-                fallback = self.settings.head_plain if stage.index == 0 else None
+                first = self.me == 0 and stage.index == 0
+                fallback = self.settings.head_plain if first else None
                 stage.tracker.restore(stores, own, point, groups, fallback)
                 if point.workers != self.workers and stage.tracker.keyed:
                     stage.tracker.rebase = groups

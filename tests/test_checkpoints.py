@@ -21,11 +21,13 @@ import pytest
 from sage_mp import (
     CheckpointError,
     IncompatibleCheckpoint,
+    KeyByFunction,
     LocalEnvironment,
     MapFunction,
     SinkFunction,
     WorkerDied,
 )
+from sage_mp._driver import SCAN_ROUTING_ENV
 from sage_mp._inspect import dump_state, list_checkpoints
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -83,9 +85,18 @@ def kill_workers_repeatedly(directory, times, rng, every=2):
     return thread
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_killed_workers_leave_state_exactly_once(tmp_path, workers):
-    """kill -9 of random workers, three times: per-key state is exact."""
+@pytest.mark.parametrize(
+    "workers,routing", [(1, "driver"), (3, "driver"), (3, "workers")]
+)
+def test_killed_workers_leave_state_exactly_once(
+    tmp_path, monkeypatch, workers, routing
+):
+    """kill -9 of random workers, three times: per-key state is exact.
+
+    With both ways of routing the collection: by the driver, and by
+    the workers, whose stage 0 then takes part in every checkpoint.
+    """
+    monkeypatch.setenv(SCAN_ROUTING_ENV, routing)
     evs = ckpt_job.events(200_000)
     killer = kill_workers_repeatedly(tmp_path / "ck", 3, random.Random(workers))
     result = run_job(tmp_path / "ck", evs, workers, spin=300, max_restarts=10)
@@ -220,6 +231,54 @@ def test_rescale_maps_unkeyed_attributes_by_worker_index(tmp_path):
     run_job(tmp_path / "ck", evs, 2)
     after = dump_state(str(tmp_path / "ck"))["Sessions"]["records"]
     assert after == {k: per_worker[k] for k in ("worker-0", "worker-1")}
+
+
+class CountingKey(KeyByFunction):
+    """A key extractor with state of its own: the records it keyed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keyed = 0
+
+    def execute(self, event):
+        self.keyed += 1
+        return event["user"]
+
+
+def run_counting_key(directory, evs, workers, routing, monkeypatch):
+    monkeypatch.setenv(SCAN_ROUTING_ENV, routing)
+    env = LocalEnvironment(
+        "counting_key", workers=workers, checkpoint_dir=str(directory)
+    )
+    env.from_collection(evs).keyby(CountingKey, name="by_user").map(
+        ckpt_job.Sessions
+    ).sink(Drop)
+    return env.submit(autostop=True)
+
+
+def test_resume_moves_stage_zero_between_driver_and_workers(tmp_path, monkeypatch):
+    """A keyby's own attributes survive a switch of who routes.
+
+    Stage 0 runs in the driver or in every worker depending on the
+    worker count; its non-keyed attributes pass between the driver and
+    worker 0, as they would between workers of the same index.
+    """
+    evs = ckpt_job.events(9_000)
+    ck = tmp_path / "ck"
+    run_counting_key(ck, evs[:3_000], 2, "driver", monkeypatch)
+    # One process holds the attribute: dump_state shows its value alone.
+    assert dump_state(str(ck))["by_user"]["keyed"] == 3_000
+
+    run_counting_key(ck, evs[:6_000], 2, "workers", monkeypatch)
+    keyed = dump_state(str(ck))["by_user"]["keyed"]
+    assert set(keyed) == {"worker-0", "worker-1"}
+    assert sum(keyed.values()) == 6_000
+    assert keyed["worker-0"] >= 3_000
+
+    run_counting_key(ck, evs, 2, "driver", monkeypatch)
+    after = dump_state(str(ck))["by_user"]["keyed"]
+    assert after == keyed["worker-0"] + 3_000
+    assert saved_sessions(ck) == ckpt_job.expected(evs)
 
 
 class Rules(MapFunction):

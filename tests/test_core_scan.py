@@ -1,11 +1,14 @@
 """Collection sources whose records the workers read themselves.
 
 When a ``keyby`` directly follows a collection that supports slicing
-(a list, a tuple, a range), the forked workers already hold it: the
-driver routes each tick but sends every worker only the positions and
-keys of its records. These tests prove that the workers really process
-the collection's own objects, and that results, counts, order and
-error reports are those of the path that sends the records.
+(a list, a tuple, a range), the forked workers already hold it, so
+records stay out of the pipes. Either the driver routes each tick and
+sends every worker the positions and keys of its records, or it deals
+out tick bounds and each worker routes the ticks it is dealt. Every
+test here runs both ways, forced with ``SAGE_MP_SCAN_ROUTING``: the
+workers really process the collection's own objects, and results,
+counts, order and error reports are those of the path that sends the
+records.
 """
 
 from __future__ import annotations
@@ -23,6 +26,14 @@ from sage_mp import (
     StatefulFunction,
     UserFunctionError,
 )
+from sage_mp._driver import SCAN_ROUTING_ENV, scan_mode
+
+
+@pytest.fixture(params=["driver", "workers"], autouse=True)
+def routing(request, monkeypatch):
+    """Who routes the collection's ticks in this test."""
+    monkeypatch.setenv(SCAN_ROUTING_ENV, request.param)
+    return request.param
 
 
 class Identity(MapFunction):
@@ -152,3 +163,80 @@ def test_unkeyable_record_fails_the_job_with_its_details(workers):
     assert "picky" in text
     assert "cannot key record 3" in text
     assert "'gseq': 3" in text
+
+
+class PidFileKey:
+    """A key extractor that notes, per record, which process keyed it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, event):
+        with open(self.path, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return event["user"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_routing_runs_where_it_was_forced(workers, routing, tmp_path):
+    """The key extractor runs in the driver, or in every worker."""
+    events = make_events(4000, users=11)
+    pids = tmp_path / "pids.txt"
+    sink = driver_sink()
+    env = LocalEnvironment("scan-where", workers=workers, batch_size=100)
+    env.from_collection(events).keyby(PidFileKey(str(pids))).map(Numbered).sink(
+        sink
+    )
+    result = env.submit(autostop=True)
+
+    keyed_in = [int(line) for line in pids.read_text().split()]
+    assert len(keyed_in) == len(events) == result.records
+    if routing == "driver":
+        assert set(keyed_in) == {os.getpid()}
+    else:
+        assert os.getpid() not in keyed_in
+        assert len(set(keyed_in)) == workers
+    for key, gseq, engine_seq, source_seq in sink.records:
+        assert engine_seq == source_seq, (key, gseq)
+
+
+def test_default_routing_follows_the_spare_cores(monkeypatch):
+    """Unforced, the workers route when no core is left for the driver."""
+    from sage_mp import _driver
+
+    monkeypatch.delenv(SCAN_ROUTING_ENV)
+    env = LocalEnvironment("scan-default")
+    env.from_collection([1, 2, 3]).keyby(lambda n: n).sink(driver_sink())
+    plan = env.plan()
+    monkeypatch.setattr(_driver, "usable_cores", lambda: 4)
+    assert scan_mode(plan, 3) == "driver"
+    assert scan_mode(plan, 4) == "workers"
+    monkeypatch.setattr(_driver, "usable_cores", lambda: 2)
+    assert scan_mode(plan, 1) == "driver"
+    assert scan_mode(plan, 2) == "workers"
+
+
+def test_unknown_routing_value_is_ignored_with_a_warning(monkeypatch, caplog):
+    """A misspelt override warns, names the choices, and changes nothing."""
+    from sage_mp import _driver
+
+    monkeypatch.setenv(SCAN_ROUTING_ENV, "worker")
+    monkeypatch.setattr(_driver, "usable_cores", lambda: 2)
+    env = LocalEnvironment("scan-bad-env")
+    env.from_collection([1, 2, 3]).keyby(lambda n: n).sink(driver_sink())
+    with caplog.at_level("WARNING", logger="sage_mp._driver"):
+        assert scan_mode(env.plan(), 1) == "driver"
+    assert "'driver', 'workers'" in caplog.text
+    assert "'worker'" in caplog.text
+
+
+def test_a_source_that_sends_records_is_not_scanned(monkeypatch):
+    """Iterators, paced sources and operators before the keyby are not."""
+    env = LocalEnvironment("scan-not")
+    env.from_collection(iter([1, 2])).keyby(lambda n: n).sink(driver_sink())
+    assert scan_mode(env.plan(), 2) is None
+    env = LocalEnvironment("scan-not-2")
+    env.from_collection([1, 2]).map(lambda n: n).keyby(lambda n: n).sink(
+        driver_sink()
+    )
+    assert scan_mode(env.plan(), 2) is None
