@@ -178,15 +178,42 @@ class _SlotCapture:
 
 
 class _Unit:
-    """Slots whose entries are frozen together, key by key."""
+    """Slots whose entries are frozen together, key by key.
+
+    ``pending`` holds the keys not frozen yet: a set, or a dict whose
+    keys they are. A base takes a copy of the attribute's dict for it,
+    because copying a dict costs a fifth of building a set of its keys
+    (7 ms against 34 ms for 325,000 keys), and that copy is the pause.
+    """
 
     __slots__ = ("slots", "keys", "cursor", "pending")
 
-    def __init__(self, slots: list[_SlotCapture], keys: list[Any], pending: set[Any]):
+    def __init__(
+        self,
+        slots: list[_SlotCapture],
+        keys: list[Any],
+        pending: set[Any] | dict[Any, Any],
+    ):
         self.slots = slots
         self.keys = keys  # the order in which to freeze
         self.cursor = 0
-        self.pending = pending  # keys not frozen yet
+        self.pending = pending
+
+    def hits(self, keys: Any) -> set[Any]:
+        """Which of ``keys`` are still pending."""
+        pending = self.pending
+        if isinstance(pending, set):
+            return pending.intersection(keys)
+        return pending.keys() & keys
+
+    def done(self, keys: list[Any]) -> None:
+        """``keys`` are frozen."""
+        pending = self.pending
+        if isinstance(pending, set):
+            pending.difference_update(keys)
+            return
+        for key in keys:
+            pending.pop(key, None)
 
 
 _MISSING = object()
@@ -228,8 +255,6 @@ class StageState:
         # writes a base for every group we own, so that our own store is
         # complete and compaction never folds deltas without their base.
         self.rebase: range | None = None
-        #: Keys that may still need freezing (a superset, for speed).
-        self.pending_keys: set[Any] = set()
         self.capturing = False
         self._units: list[_Unit] = []
         self._slots: list[_SlotCapture] = []
@@ -270,8 +295,8 @@ class StageState:
                         for group in rebase or ():
                             cap.parts[group] = []
                         stored.clear()
-                        keys = list(value)
-                        self._units.append(_Unit([cap], keys, set(keys)))
+                        snapshot = value.copy()
+                        self._units.append(_Unit([cap], list(snapshot), snapshot))
                     else:
                         deltas.append(cap)
                     continue
@@ -281,19 +306,15 @@ class StageState:
                     raise _explain(op, attr, value, err) from None
         if deltas:
             self._units.append(_Unit(deltas, list(dirty), dirty))
-        self.pending_keys = set().union(*(unit.pending for unit in self._units))
         self.capturing = True
 
     def freeze_touched(self, keys: Any) -> None:
         """Pickle the pending entries of ``keys`` before they are processed."""
-        hits = self.pending_keys.intersection(keys)
-        if not hits:
-            return
-        self.pending_keys -= hits
         for unit in self._units:
-            mine = [key for key in hits if key in unit.pending]
-            if mine:
-                self._freeze(unit, mine)
+            if unit.pending:
+                hits = unit.hits(keys)
+                if hits:
+                    self._freeze(unit, list(hits))
 
     def work(self, until: float | None) -> bool:
         """Freeze pending entries until ``until`` (perf_counter); True if done."""
@@ -335,7 +356,7 @@ class StageState:
                     cap.parts.setdefault(group, []).append(dumps(entries))
                 except _Unserializable as err:
                     raise _explain(cap.op, cap.attr, entries, err) from None
-        unit.pending.difference_update(keys)
+        unit.done(keys)
 
     def _reconcile(self, cap: _SlotCapture) -> None:
         # Sizes disagree: a function added or deleted entries of keys it
@@ -369,7 +390,6 @@ class StageState:
                 keyed[(cap.op, cap.attr, group)] = (blob, cap.base)
         plain = self._plain
         self._plain, self._slots, self._units = {}, [], []
-        self.pending_keys = set()
         self.capturing = False
         return keyed, plain
 
@@ -897,17 +917,21 @@ class WorkerCheckpointer:
             if not self.stages[index].tracker.work(until):
                 done = False
                 break
-        self._paused(started)
         if done and len(self.began) == len(self.stages):
             parts = [self.stages[i].tracker.collect() for i in sorted(self.began)]
             self.capturing = None
             self.began = set()
-            self._write(checkpoint, parts)
+            self._write(checkpoint, parts, started)
+        else:
+            self._paused(started)
 
     def _paused(self, started: float) -> None:
         self.pause = max(self.pause, time.perf_counter() - started)
 
-    def _write(self, checkpoint: int, parts: list[tuple[Any, Any]]) -> None:
+    def _write(
+        self, checkpoint: int, parts: list[tuple[Any, Any]], step: float
+    ) -> None:
+        """Write and acknowledge; ``step`` is when this loop step began."""
         started = time.perf_counter()
         keyed: dict[Any, Any] = {}
         plain: dict[Any, Any] = {}
@@ -942,7 +966,7 @@ class WorkerCheckpointer:
                         self.me, self.workers, stage.plan.single
                     )
         info["write"] = time.perf_counter() - started
-        self._paused(started)
+        self._paused(step)
         info["pause"], self.pause = self.pause, 0.0
         self.send(-1, ("ack", checkpoint, info))
 

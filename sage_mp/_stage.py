@@ -490,7 +490,7 @@ class StageInstance:
         self.records_in += len(values)
         tracker = self.tracker
         if tracker is not None and tracker.keyed:
-            if tracker.pending_keys:
+            if tracker.capturing:
                 tracker.freeze_touched(keys)
             tracker.dirty.update(keys)
         if self._route_only is not None:
