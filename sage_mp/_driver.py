@@ -175,6 +175,9 @@ class Driver:
         self.workers = options.workers
         self._stop = threading.Event()
         self._procs: list[Any] = []
+        # Held while worker processes are killed, joined or closed:
+        # abort() may run in another thread while the job cleans up.
+        self._procs_lock = threading.RLock()
         self.worker_pids: list[int] = []
         self._done: dict[int, dict[str, Any]] = {}
         self._failure: BaseException | None = None
@@ -353,6 +356,7 @@ class Driver:
             ) from died
         self.restarts += 1
         self._kill()
+        self._release_processes()
         self.endpoint.close()
         self.coordinator.pending = None
         self.restore = self.coordinator.restore_point()
@@ -732,24 +736,33 @@ class Driver:
         self._kill()
 
     def _kill(self) -> None:
-        for proc in self._procs:
-            if proc.exitcode is None and proc.pid:
+        with self._procs_lock:
+            for proc in self._procs:
+                if proc.exitcode is None and proc.pid:
+                    try:
+                        os.kill(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            for proc in self._procs:
+                proc.join(timeout=5.0)
+
+    def _release_processes(self) -> None:
+        """Close the (ended) worker Process objects.
+
+        Frees the pipes that multiprocess keeps open per child until its
+        Process object is collected, which may be never in a program
+        that keeps its environments, or in a job that restarts often.
+        """
+        with self._procs_lock:
+            procs, self._procs = self._procs, []
+            for proc in procs:
                 try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for proc in self._procs:
-            proc.join(timeout=5.0)
+                    proc.close()
+                except ValueError:
+                    log.warning("worker pid %s could not be reaped", proc.pid)
 
     def _cleanup(self) -> None:
-        for proc in self._procs:
-            # Frees the pipes that multiprocess keeps open per child
-            # until its Process object is collected, which may be never
-            # in a program that keeps its environments.
-            try:
-                proc.close()
-            except ValueError:
-                log.warning("worker pid %s could not be reaped", proc.pid)
+        self._release_processes()
         endpoint = getattr(self, "endpoint", None)
         if endpoint is not None:
             endpoint.close()

@@ -57,8 +57,10 @@ def kill_workers_repeatedly(directory, times, rng, every=2):
     """Kill a random worker after every ``every`` new committed checkpoints.
 
     Tied to the job's progress rather than the clock, so a loaded
-    machine changes nothing but the duration.
+    machine changes nothing but the duration. Setting the returned
+    thread's ``done`` event (when the job is over) ends it early.
     """
+    done = threading.Event()
     manifest = os.path.join(str(directory), "MANIFEST.json")
 
     def committed():
@@ -74,13 +76,15 @@ def kill_workers_repeatedly(directory, times, rng, every=2):
         for _ in range(times):
             target = committed() + every
             while committed() < target and time.monotonic() < deadline:
-                time.sleep(0.01)
+                if done.wait(0.01):
+                    return
             children = me.children()
             if not children:
                 return
             os.kill(rng.choice(children).pid, signal.SIGKILL)
 
     thread = threading.Thread(target=loop, daemon=True)
+    thread.done = done  # type: ignore[attr-defined]
     thread.start()
     return thread
 
@@ -100,6 +104,7 @@ def test_killed_workers_leave_state_exactly_once(
     evs = ckpt_job.events(200_000)
     killer = kill_workers_repeatedly(tmp_path / "ck", 3, random.Random(workers))
     result = run_job(tmp_path / "ck", evs, workers, spin=300, max_restarts=10)
+    killer.done.set()
     killer.join()
 
     assert result.restarts >= 1
@@ -425,9 +430,14 @@ def test_fresh_starts_from_empty_state(tmp_path):
 def test_restart_budget_is_enforced(tmp_path):
     """After max_restarts recoveries the job fails and says why."""
     evs = ckpt_job.events(200_000)
-    kill_workers_repeatedly(tmp_path / "ck", 3, random.Random(1), every=1)
-    with pytest.raises(WorkerDied, match="max_restarts=1"):
-        run_job(tmp_path / "ck", evs, 2, spin=300, max_restarts=1)
+    killer = kill_workers_repeatedly(tmp_path / "ck", 3, random.Random(1), every=1)
+    try:
+        with pytest.raises(WorkerDied, match="max_restarts=1"):
+            run_job(tmp_path / "ck", evs, 2, spin=300, max_restarts=1)
+    finally:
+        # A killer left behind would kill workers of later tests.
+        killer.done.set()
+        killer.join()
 
 
 def test_old_checkpoints_are_collected(tmp_path):

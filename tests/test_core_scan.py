@@ -184,9 +184,7 @@ def test_routing_runs_where_it_was_forced(workers, routing, tmp_path):
     pids = tmp_path / "pids.txt"
     sink = driver_sink()
     env = LocalEnvironment("scan-where", workers=workers, batch_size=100)
-    env.from_collection(events).keyby(PidFileKey(str(pids))).map(Numbered).sink(
-        sink
-    )
+    env.from_collection(events).keyby(PidFileKey(str(pids))).map(Numbered).sink(sink)
     result = env.submit(autostop=True)
 
     keyed_in = [int(line) for line in pids.read_text().split()]
@@ -236,7 +234,5 @@ def test_a_source_that_sends_records_is_not_scanned(monkeypatch):
     env.from_collection(iter([1, 2])).keyby(lambda n: n).sink(driver_sink())
     assert scan_mode(env.plan(), 2) is None
     env = LocalEnvironment("scan-not-2")
-    env.from_collection([1, 2]).map(lambda n: n).keyby(lambda n: n).sink(
-        driver_sink()
-    )
+    env.from_collection([1, 2]).map(lambda n: n).keyby(lambda n: n).sink(driver_sink())
     assert scan_mode(env.plan(), 2) is None
