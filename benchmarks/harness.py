@@ -461,13 +461,15 @@ def plan_workload(
         else []
     )
     plain = Variant("plain loop", "plain", None, name, baseline=True)
-    if name in ("light", "skewed"):
+    # The same loop split over independent processes, no engine: the
+    # most any engine could reach on this machine's cores.
+    ceiling = Variant(f"plain loop x{most} (ceiling)", "plain", most, name)
+    if name == "light":
+        return Workload(name, "", "speedup", [plain, ceiling, *sage, *peers])
+    if name == "skewed":
         return Workload(name, "", "speedup", [plain, *sage, *peers])
     if name == "heavy":
         pool = Variant(f"Pool {most}p", "pool", most, name)
-        # The same loop split over independent processes, no engine: the
-        # most any engine could reach on this machine's cores.
-        ceiling = Variant(f"plain loop x{most} (ceiling)", "plain", most, name)
         return Workload(name, "", "speedup", [plain, ceiling, pool, *sage, *peers])
     if name == "latency":
         if peers:

