@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import pstats
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from .cli import _positive_float, _positive_int
@@ -177,18 +178,20 @@ _SUITE_FILES = ("harness.py", "workloads.py", "sage_job.py")
 # --- profiles ---------------------------------------------------------------
 
 
-def profile_report(directory: str, top: int = 15) -> str:
+def profile_report(directory: str, top: int = 15, skip: Collection[str] = ()) -> str:
     """Where the time went, per process and merged, from ``directory``.
 
     Reads every ``*.prof`` file there (one per process, as written by
-    ``python -m sage_mp run --profile DIR``). For each process: its
-    own time split into categories (the engine's modules, pickle, OS
-    calls, ...) and its ``top`` functions by own time; then the same
-    for all processes merged.
+    ``python -m sage_mp run --profile DIR``) whose name is not in
+    ``skip``. For each process: its own time split into categories
+    (the engine's modules, pickle, OS calls, ...) and its ``top``
+    functions by own time; then the same for all processes merged.
     """
-    files = sorted(Path(directory).glob("*.prof"))
+    files = sorted(p for p in Path(directory).glob("*.prof") if p.name not in skip)
+    # A job that failed before its driver ran leaves an empty file.
+    files = [p for p in files if p.stat().st_size > 0]
     if not files:
-        return f"no .prof files in {directory}"
+        return f"no new .prof files in {directory}"
     lines = []
     merged = pstats.Stats(str(files[0]))
     for path in files[1:]:

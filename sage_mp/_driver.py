@@ -17,6 +17,7 @@ import json
 import logging
 import operator
 import os
+import re
 import resource
 import signal
 import sys
@@ -175,6 +176,8 @@ class Driver:
         self.workers = options.workers
         self._stop = threading.Event()
         self._procs: list[Any] = []
+        #: Start of this job's profile file names, when profiled.
+        self._profile_prefix: str | None = None
         # Held while worker processes are killed, joined or closed:
         # abort() may run in another thread while the job cleans up.
         self._procs_lock = threading.RLock()
@@ -263,6 +266,7 @@ class Driver:
             self.options.error_policy == "skip",
             checkpointing,
             scan=self._scan is not None,
+            profile=self._worker_profile(),
         )
         pipes = PipeSet(self.workers)
         context = multiprocess.get_context("fork")
@@ -278,6 +282,17 @@ class Driver:
         self.worker_pids = [proc.pid for proc in self._procs]
         self.endpoint = pipes.endpoint(DRIVER)
 
+    def _worker_profile(self) -> str | None:
+        """The profile path pattern for the workers about to be forked."""
+        profile_dir = os.environ.get(PROFILE_DIR_ENV)
+        if not profile_dir:
+            return None
+        if self._profile_prefix is None:
+            self._profile_prefix = profile_prefix(profile_dir, self.name)
+        # Workers forked again after a recovery keep their own files.
+        again = f".restart-{self.restarts}" if self.restarts else ""
+        return self._profile_prefix + "worker-{me}" + again + ".prof"
+
     def stop(self) -> None:
         """Ask the job to end its stream now and finish cleanly."""
         self._stop.set()
@@ -290,9 +305,8 @@ class Driver:
 
     def run(self) -> JobResult:
         """Drive the job to its end; kill every worker on any failure."""
-        profile_dir = os.environ.get(PROFILE_DIR_ENV)
-        if profile_dir:
-            return _profiled(self._run_job, os.path.join(profile_dir, "driver.prof"))
+        if self._profile_prefix is not None:
+            return _profiled(self._run_job, self._profile_prefix + "driver.prof")
         return self._run_job()
 
     def _run_job(self) -> JobResult:
@@ -921,9 +935,8 @@ def scans_collection(plan: Plan) -> bool:
 
 def _worker_main(pipes: PipeSet, me: int, plan: Plan, options: WorkerOptions) -> None:
     endpoint = pipes.endpoint(me)
-    profile_dir = os.environ.get(PROFILE_DIR_ENV)
-    if profile_dir:
-        path = os.path.join(profile_dir, f"worker-{me}.prof")
+    if options.profile is not None:
+        path = options.profile.format(me=me)
         code = _profiled(
             lambda: run_worker(plan, me, pipes.workers, endpoint, options), path
         )
@@ -933,13 +946,32 @@ def _worker_main(pipes: PipeSet, me: int, plan: Plan, options: WorkerOptions) ->
 
 
 #: Set (by ``python -m sage_mp run --profile DIR``) to a folder: the
-#: driver and every worker then run under cProfile and write
-#: ``driver.prof`` and ``worker-N.prof`` there.
+#: driver and every worker then run under cProfile and write one file
+#: each there (see :func:`profile_prefix`).
 PROFILE_DIR_ENV = "SAGE_MP_PROFILE_DIR"
 
 
-# TODO: Profile files have fixed names, so a script that runs several
-# jobs keeps only the last job's; a job-name prefix would keep them all.
+def profile_prefix(directory: str, job: str) -> str:
+    """Where a job's profiles go: ``DIR/JOB.`` then ``driver.prof`` etc.
+
+    The job's name makes the files of several jobs in one script
+    distinct; a second job of the same name gets ``JOB-2.``, and so on.
+    The driver's file is created here, so two jobs that start at once
+    cannot take the same prefix.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", job) or "job"
+    number = 1
+    while True:
+        stem = safe if number == 1 else f"{safe}-{number}"
+        prefix = os.path.join(directory, stem + ".")
+        try:
+            os.close(os.open(prefix + "driver.prof", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            number += 1
+            continue
+        return prefix
+
+
 def _profiled(run: Any, path: str) -> Any:
     """Call ``run()`` under cProfile; write the profile to ``path``."""
     import cProfile

@@ -39,6 +39,7 @@ class WorkerOptions:
         skip_errors: bool,
         checkpointing: WorkerCheckpointing | None = None,
         scan: bool = False,
+        profile: str | None = None,
     ) -> None:
         self.job_name = job_name
         self.skip_errors = skip_errors
@@ -46,6 +47,9 @@ class WorkerOptions:
         #: Slices or ranges of the source collection travel instead of
         #: its records; the worker reads them itself (P.SLICE, P.RANGE).
         self.scan = scan
+        #: Where to write this worker's profile, with ``{me}`` for its
+        #: index; None: not profiled (see ``_driver.profile_paths``).
+        self.profile = profile
 
 
 def host_stages(

@@ -264,6 +264,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         os.makedirs(args.profile, exist_ok=True)
         os.environ[PROFILE_DIR_ENV] = os.path.abspath(args.profile)
+        # Files of earlier runs stay, but are left out of this report.
+        earlier = set(os.listdir(args.profile))
     session = _Session(args)
     try:
         return _execute(script, environment, session)
@@ -273,7 +275,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.profile:
             from ._bench import profile_report
 
-            print(profile_report(args.profile), file=sys.stderr)
+            print(profile_report(args.profile, skip=earlier), file=sys.stderr)
 
 
 def _execute(script: str, environment: Any, session: _Session) -> int:

@@ -10,7 +10,6 @@ import argparse
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -108,28 +107,59 @@ def test_bench_chart_without_matplotlib_says_what_to_install(
     assert "pip install 'sage_mp[bench]'" in capsys.readouterr().err
 
 
-def test_run_profile_writes_one_file_per_process(tmp_path: Path) -> None:
-    """run --profile leaves driver.prof and worker-N.prof and prints the report."""
-    script = tmp_path / "job.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            from sage_mp import LocalEnvironment
+PROFILED_JOBS = """
+from sage_mp import LocalEnvironment
 
-            env = LocalEnvironment("profiled", workers=2)
-            (env.from_collection(range(2000))
-                .keyby(lambda x: x % 7)
-                .map(lambda x: x + 1)
-                .sink(lambda x: None, parallelism=2))
-            env.submit(autostop=True)
-            """
-        )
-    )
+for name in {names!r}:
+    env = LocalEnvironment(name, workers=2)
+    (env.from_collection(range(2000))
+        .keyby(lambda x: x % 7)
+        .map(lambda x: x + 1)
+        .sink(lambda x: None, parallelism=2))
+    env.submit(autostop=True)
+"""
+
+
+def test_run_profile_writes_one_file_per_process(tmp_path: Path) -> None:
+    """run --profile leaves one file per process and prints the report."""
+    script = tmp_path / "job.py"
+    script.write_text(PROFILED_JOBS.format(names=["profiled"]))
     profiles = tmp_path / "prof"
     done = run_cli("run", "--profile", str(profiles), str(script), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
 
     names = sorted(p.name for p in profiles.glob("*.prof"))
-    assert names == ["driver.prof", "worker-0.prof", "worker-1.prof"]
+    assert names == [
+        "profiled.driver.prof",
+        "profiled.worker-0.prof",
+        "profiled.worker-1.prof",
+    ]
     assert "== merged (3 processes)" in done.stderr
     assert "own s" in done.stderr
+
+
+def test_run_profile_keeps_every_job_and_reports_only_this_run(
+    tmp_path: Path,
+) -> None:
+    """Several jobs, one name twice, a second run: no profile is lost.
+
+    The report of a run covers the files that run wrote, not the ones
+    an earlier run left in the same folder.
+    """
+    script = tmp_path / "job.py"
+    script.write_text(PROFILED_JOBS.format(names=["a/b", "a/b", "other"]))
+    profiles = tmp_path / "prof"
+    first = run_cli("run", "--profile", str(profiles), str(script), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    stems = sorted({p.name.split(".")[0] for p in profiles.glob("*.prof")})
+    assert stems == ["a_b", "a_b-2", "other"]
+    assert len(list(profiles.glob("*.prof"))) == 9
+    assert "== merged (9 processes)" in first.stderr
+
+    script.write_text(PROFILED_JOBS.format(names=["other"]))
+    second = run_cli("run", "--profile", str(profiles), str(script), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert (profiles / "other-2.worker-1.prof").stat().st_size > 0
+    assert "== merged (3 processes)" in second.stderr
+    assert "== other-2.driver.prof" in second.stderr
+    assert "== other.driver.prof" not in second.stderr

@@ -4,14 +4,15 @@
     python tools/profile_job.py --workload light --workers 2 --size 0.3
 
 Runs the job through ``python -m sage_mp run --profile DIR``, which
-writes one ``.prof`` file per process into DIR (``driver.prof``,
-``worker-0.prof``, ...), and prints, per process and merged, where the
-own time went by category and the top functions. ``--workload`` runs
-one of the benchmark workloads (benchmarks/sage_job.py).
+writes one ``.prof`` file per process into DIR (``JOB.driver.prof``,
+``JOB.worker-0.prof``, ..., named after the job), and prints, per
+process and merged, where the own time went by category and the top
+functions. ``--workload`` runs one of the benchmark workloads
+(benchmarks/sage_job.py).
 
 cProfile slows pure-Python code down by roughly 1.5-2x, and the
 per-record functions most of all, so read the shares, not the seconds.
-Open a file further with ``python -m pstats DIR/worker-0.prof``.
+Open a file further with ``python -m pstats DIR/JOB.worker-0.prof``.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     # The CLI prints the report (sage_mp._bench.profile_report) on
     # stderr when the job ends.
     done = subprocess.run(job_command(args, out), check=False)
-    print(f"\nprofiles in {out}; open one with: python -m pstats {out}/driver.prof")
+    names = ", ".join(sorted(p.name for p in Path(out).glob("*.prof")))
+    print(f"\nprofiles in {out}: {names}; open one with: python -m pstats FILE")
     return done.returncode
 
 
