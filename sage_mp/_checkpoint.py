@@ -685,6 +685,12 @@ class Coordinator:
         self.last_started = time.monotonic()
         self.failures = 0
         self.history: list[dict[str, Any]] = []
+        #: (id, per-operator counts) of the newest checkpoint committed
+        #: by this run: what every operator had done at its barrier.
+        self.committed_counts: tuple[int, dict[str, dict[str, int]]] | None = None
+        #: Counts at the checkpoint the last recovery went back to; the
+        #: processes started since then count from zero on top of them.
+        self.base_counts: dict[str, dict[str, int]] = {}
 
     def _next_id(self, latest: dict[str, Any] | None) -> int:
         # Ids are never reused: a checkpoint that died half-written may
@@ -724,17 +730,24 @@ class Coordinator:
             "keyed": dict(driver_parts[0]),
             "plain": dict(driver_parts[1]),
             "driver_stages": 0,
+            "driver_counts": [],
             "pause": 0.0,
         }
         return checkpoint
 
-    def add_driver_parts(self, checkpoint: int, parts: tuple[Any, Any]) -> None:
+    def add_driver_parts(
+        self,
+        checkpoint: int,
+        parts: tuple[Any, Any],
+        counts: dict[str, dict[str, int]],
+    ) -> None:
         pending = self.pending
         if pending is None or pending["id"] != checkpoint:
             return
         pending["keyed"].update(parts[0])
         pending["plain"].update(parts[1])
         pending["driver_stages"] += 1
+        pending["driver_counts"].append(counts)
 
     def ack(self, worker: int, checkpoint: int, info: dict[str, Any]) -> None:
         pending = self.pending
@@ -785,6 +798,8 @@ class Coordinator:
         }
         self.horizon = self.manifest.commit(entry, self.config.keep)
         self.history.append(entry)
+        counts = [a.get("counts", {}) for a in acks] + pending["driver_counts"]
+        self.committed_counts = (pending["id"], sum_counts([self.base_counts, *counts]))
         return entry
 
     def _failed(self, checkpoint: int, errors: list[str]) -> None:
@@ -803,6 +818,19 @@ class Coordinator:
 
     def close(self) -> None:
         self.store.close()
+
+
+def sum_counts(
+    entries: list[dict[str, dict[str, int]]],
+) -> dict[str, dict[str, int]]:
+    """Per-operator ``in``/``out``/``skipped`` counts, summed."""
+    total: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        for name, counts in entry.items():
+            into = total.setdefault(name, {"in": 0, "out": 0, "skipped": 0})
+            for field_name in ("in", "out", "skipped"):
+                into[field_name] += counts[field_name]
+    return total
 
 
 def fingerprint(plan: Any) -> list[list[str]]:
@@ -852,6 +880,8 @@ class WorkerCheckpointer:
         self.began: set[int] = set()  # stages that passed its barrier
         self.pause = 0.0  # longest single step of the current checkpoint
         self.send: Any = None
+        #: Per-operator counts of the stages at the current barrier.
+        self.counts: dict[str, dict[str, int]] = {}
 
     def attach(self, stages: dict[int, Any], send: Any) -> None:
         """Track ``stages``; restore them first when resuming."""
@@ -892,6 +922,11 @@ class WorkerCheckpointer:
         """A stage passed the barrier: start capturing it (see StageState)."""
         started = time.perf_counter()
         stage.tracker.begin()
+        if not self.began:
+            self.counts = {}
+        # What the stage has done up to the barrier: after a recovery to
+        # this checkpoint, the job's counts go on from these.
+        self.counts.update(stage.counts())
         self.capturing = checkpoint
         self.began.add(stage.index)
         self._paused(started)
@@ -938,7 +973,7 @@ class WorkerCheckpointer:
         for stage_keyed, stage_plain in parts:
             keyed.update(stage_keyed)
             plain.update(stage_plain)
-        info: dict[str, Any] = {}
+        info: dict[str, Any] = {"counts": self.counts}
         crash = None
         if self.settings.crash_at == checkpoint:
             crash = _crash_now

@@ -41,6 +41,7 @@ from ._checkpoint import (
     open_directory,
     plain_values,
     purge_uncommitted,
+    sum_counts,
     worker_store,
 )
 from ._logs import emit_forwarded
@@ -185,6 +186,7 @@ class Driver:
         self._done: dict[int, dict[str, Any]] = {}
         self._failure: BaseException | None = None
         self._dead_file: Any = None
+        self._dead_start = 0  # where this run's letters begin in that file
         self._skipped = 0
         self._records = 0
         self._ticks_sent = 0
@@ -374,6 +376,15 @@ class Driver:
         self.endpoint.close()
         self.coordinator.pending = None
         self.restore = self.coordinator.restore_point()
+        # The new processes count from zero; the counts at the restored
+        # checkpoint stand for the work before it. A checkpoint that an
+        # earlier run wrote stands for none of this run's work.
+        committed = self.coordinator.committed_counts
+        self.coordinator.base_counts = {}
+        if committed is not None and self.restore is not None:
+            if committed[0] == self.restore.checkpoint:
+                self.coordinator.base_counts = committed[1]
+        self._drop_replayed_letters(self.restore.tick if self.restore else 0)
         purge_uncommitted(config.directory, self.restore, self.coordinator.store)
         log.warning(
             "%s; restart %s of %s from checkpoint %s",
@@ -382,11 +393,9 @@ class Driver:
             config.max_restarts,
             self.restore.checkpoint if self.restore else "(none: from the start)",
         )
-        # TODO: The killed workers' operator counts are lost, so a
-        # JobResult after a recovery counts only the work since the
-        # restored checkpoint; saving the counts in each checkpoint would
-        # fix it. The old source is also dropped without close(), since
-        # close() means "end of stream" to the user's code.
+        # TODO: The old source is dropped without close(), since close()
+        # means "end of stream" to the user's code; a separate hook for
+        # "this instance is abandoned" would let sources free resources.
         self._done = {}
         self._source_done = False
         self._next_poll = 0.0
@@ -496,7 +505,9 @@ class Driver:
 
     def _on_driver_barrier(self, stage: StageInstance, checkpoint: int) -> None:
         assert self.coordinator is not None
-        self.coordinator.add_driver_parts(checkpoint, self._capture(stage.tracker))
+        self.coordinator.add_driver_parts(
+            checkpoint, self._capture(stage.tracker), stage.counts()
+        )
 
     def _capture(self, state: StageState) -> tuple[Any, Any]:
         try:
@@ -732,6 +743,7 @@ class Driver:
             path = self.options.dead_letter_path or f"{self.name}.dead-letters.jsonl"
             self.options.dead_letter_path = path
             self._dead_file = open(path, "a", encoding="utf-8")
+            self._dead_start = self._dead_file.tell()
         self._dead_file.write(json.dumps(letter, default=repr) + "\n")
         self._dead_file.flush()
         log.warning(
@@ -741,6 +753,30 @@ class Driver:
             letter["key"],
             letter["error"],
         )
+
+    def _drop_replayed_letters(self, tick: int) -> None:
+        """Keep only this run's dead letters of ticks before ``tick``.
+
+        A recovery processes the ticks from ``tick`` on again, and
+        skips their bad records again; without this, each would be in
+        the file twice. Letters arrive out of tick order from several
+        workers, so the file's part written by this run is filtered.
+        """
+        if self._dead_file is None:
+            return
+        handle = self._dead_file
+        handle.flush()
+        with open(handle.name, "r+", encoding="utf-8") as rewrite:
+            rewrite.seek(self._dead_start)
+            kept = [
+                line
+                for line in rewrite.readlines()
+                if json.loads(line).get("tick", -1) < tick
+            ]
+            rewrite.seek(self._dead_start)
+            rewrite.writelines(kept)
+            rewrite.truncate()
+        self._skipped = len(kept)
 
     # -- the end
 
@@ -799,11 +835,15 @@ class Driver:
         driver_counts = [self.final.counts()]
         if self.head is not None:
             driver_counts.append(self.head.counts())
-        for entry in [*(s["operators"] for s in stats), *driver_counts]:
-            for name, counts in entry.items():
-                total = operators.setdefault(name, {"in": 0, "out": 0, "skipped": 0})
-                for field_name in ("in", "out", "skipped"):
-                    total[field_name] += counts[field_name]
+        operators.update(
+            sum_counts(
+                [
+                    self.coordinator.base_counts if self.coordinator else {},
+                    *(s["operators"] for s in stats),
+                    *driver_counts,
+                ]
+            )
+        )
         kinds = {name: kind for kind, name in fingerprint(self.plan)}
         place = {name: position for position, name in enumerate(kinds)}
         operators = {  # in pipeline order, for the report

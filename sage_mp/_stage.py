@@ -283,6 +283,9 @@ class StageInstance:
         self.skipped: dict[str, int] = {}
         self.busy = 0.0
         self.records_in = 0
+        #: The tick being processed: dead letters carry it, so that a
+        #: recovery can drop those it will write again.
+        self.tick = -1
         #: Set by the checkpointer of a keyed stage: keys processed since
         #: the last checkpoint are added to ``tracker.dirty`` per tick.
         self.tracker: Any = None
@@ -486,6 +489,7 @@ class StageInstance:
 
     def _process(self, tick: int, batches: list[tuple[Any, ...]]) -> None:
         started = time.perf_counter()
+        self.tick = tick
         idxs, keys, values = _merge(batches)
         self.records_in += len(values)
         tracker = self.tracker
@@ -594,6 +598,7 @@ class StageInstance:
         pickling, writing and unpickling every record.
         """
         started = time.perf_counter()
+        self.tick = tick
         emitter = self._route_only
         assert emitter is not None
         self.records_in += len(values)
@@ -668,6 +673,7 @@ class StageInstance:
             "error": report.error,
             "traceback": report.traceback,
             "time": time.time(),
+            "tick": self.tick,
         }
         self.send(DRIVER, (P.DEAD, letter))
 

@@ -6,6 +6,7 @@ check compares with a plain Python computation of the same events.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import random
@@ -111,6 +112,63 @@ def test_killed_workers_leave_state_exactly_once(
     assert result.records == len(evs)
     assert saved_sessions(tmp_path / "ck") == ckpt_job.expected(evs)
     assert ckpt_job.LastSeen.latest == ckpt_job.expected(evs)
+    # Counts go on from the restored checkpoint: every operator saw
+    # every record once, although workers redid the work after it.
+    for name in ("by_user", "Sessions", "LastSeen"):
+        assert result.operators[name]["in"] == len(evs), name
+    assert result.operators["Sessions"]["out"] == len(evs)
+
+
+class RejectEveryHundredth(MapFunction):
+    """Raises for every event whose sequence number ends in 00."""
+
+    def execute(self, event):
+        if event["seq"] % 100 == 0:
+            raise ValueError(f"bad event {event['seq']}")
+        return event
+
+
+@pytest.mark.parametrize("routing", ["driver", "workers"])
+def test_killed_workers_leave_each_dead_letter_once(tmp_path, monkeypatch, routing):
+    """With the skip policy, records replayed after a kill -9 are not
+    written to the dead-letter file twice, and the counts agree."""
+    monkeypatch.setenv(SCAN_ROUTING_ENV, routing)
+    evs = ckpt_job.events(200_000)
+    dead = tmp_path / "dead.jsonl"
+    dead.write_text('{"from": "an earlier run", "tick": 0}\n')
+    killer = kill_workers_repeatedly(tmp_path / "ck", 3, random.Random(3))
+    ckpt_job.LastSeen.latest = {}
+    env = LocalEnvironment(
+        "ckpt_dead",
+        workers=3,
+        checkpoint_dir=str(tmp_path / "ck"),
+        checkpoint_interval=0.05,
+        max_restarts=10,
+        error_policy="skip",
+        dead_letter_path=str(dead),
+    )
+    (
+        env.from_collection(evs)
+        .keyby(lambda e: e["user"], name="by_user")
+        .map(RejectEveryHundredth, name="reject")
+        .map(ckpt_job.Sessions, spin=300)
+        .sink(ckpt_job.LastSeen)
+    )
+    result = env.submit(autostop=True)
+    killer.done.set()
+    killer.join()
+
+    assert result.restarts >= 1
+    bad = len(evs) // 100
+    lines = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert lines[0] == {"from": "an earlier run", "tick": 0}
+    seqs = sorted(ast.literal_eval(line["record"])["seq"] for line in lines[1:])
+    assert seqs == list(range(0, len(evs), 100))
+    assert result.skipped == bad
+    assert result.operators["reject"]["skipped"] == bad
+    assert result.operators["Sessions"]["in"] == len(evs) - bad
+    good = [e for e in evs if e["seq"] % 100]
+    assert saved_sessions(tmp_path / "ck") == ckpt_job.expected(good)
 
 
 def test_final_checkpoint_covers_every_record(tmp_path):
