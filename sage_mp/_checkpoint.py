@@ -246,10 +246,6 @@ class StageState:
         # (op, attr) of keyed attributes -> {stored key: its key group,
         # or None until computed}.
         self.stored: dict[tuple[str, str], dict[Any, int | None]] = {}
-        # TODO: After a rescale down, blobs in the stores of removed
-        # workers are never deleted (they cost disk, not correctness);
-        # the driver could drop those stores once every group they hold
-        # has a newer base elsewhere.
         # After a restore with another worker count, the base blobs of
         # our groups sit in other workers' stores; the next capture
         # writes a base for every group we own, so that our own store is
@@ -798,9 +794,27 @@ class Coordinator:
         }
         self.horizon = self.manifest.commit(entry, self.config.keep)
         self.history.append(entry)
+        self._drop_unneeded_stores()
         counts = [a.get("counts", {}) for a in acks] + pending["driver_counts"]
         self.committed_counts = (pending["id"], sum_counts([self.base_counts, *counts]))
         return entry
+
+    def _drop_unneeded_stores(self) -> None:
+        """Delete the stores of workers that no kept checkpoint had.
+
+        After a rescale down, the removed workers' stores still hold
+        the groups they owned, until every kept checkpoint was written
+        by the smaller job. Each of those starts with a base of every
+        group in the remaining stores (see ``StageState.rebase``), so
+        no restore reads the others any more.
+        """
+        kept = self.manifest.checkpoints
+        needed = max((int(entry["workers"]) for entry in kept), default=self.workers)
+        directory = self.config.directory
+        for name in os.listdir(directory):
+            if name.startswith("worker-") and int(name.split("-")[1]) >= needed:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+                log.info("deleted %s: no kept checkpoint needs it", name)
 
     def _failed(self, checkpoint: int, errors: list[str]) -> None:
         """Count a failed checkpoint; raise when too many failed in a row."""

@@ -284,6 +284,28 @@ def test_rescale_keeps_per_key_entries(tmp_path, before, after):
     assert saved_sessions(tmp_path / "ck") == ckpt_job.expected(evs)
 
 
+def test_rescale_down_deletes_stores_no_checkpoint_needs(tmp_path):
+    """Removed workers' stores go once every kept checkpoint is newer."""
+    directory = tmp_path / "ck"
+    evs = ckpt_job.events(40_000)
+    run_job(directory, evs[:10_000], 4, interval=30.0)
+    stores = sorted(p.name for p in directory.iterdir() if p.name.startswith("worker"))
+    assert stores == ["worker-0", "worker-1", "worker-2", "worker-3"]
+
+    # Each run ends with its one checkpoint; three are kept.
+    for upto in (15_000, 20_000):
+        run_job(directory, evs[:upto], 2, interval=30.0)
+        assert (directory / "worker-3").is_dir()  # an older one still needs it
+    run_job(directory, evs[:25_000], 2, interval=30.0)
+    assert [c["workers"] for c in list_checkpoints(str(directory))] == [2, 2, 2]
+    stores = sorted(p.name for p in directory.iterdir() if p.name.startswith("worker"))
+    assert stores == ["worker-0", "worker-1"]
+    assert saved_sessions(directory) == ckpt_job.expected(evs[:25_000])
+
+    run_job(directory, evs, 4)
+    assert saved_sessions(directory) == ckpt_job.expected(evs)
+
+
 def test_rescale_maps_unkeyed_attributes_by_worker_index(tmp_path):
     """Non-keyed attributes go to the worker with the same index."""
     evs = ckpt_job.events(10_000)
