@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -63,15 +64,22 @@ Send = Callable[[int, tuple[Any, ...]], None]
 # --- in a worker ------------------------------------------------------------
 
 
-# TODO: Each record is one protocol message, so logging at INFO for
-# every stream record costs a pickle and a pipe write per line; sending
-# the pending records in one message per tick would make it cheap.
+# Records below WARNING wait to travel together: up to this many, or
+# for this many seconds after the first of them, or until the worker
+# loop's next turn, whichever comes first. One message then carries
+# them all, instead of one pickle and one pipe write per line.
+_BATCH = 256
+_LINGER = 0.05
+
+
 class WorkerLogForwarder(logging.Handler):
     """Sends a worker's log records to the driver; never blocks.
 
-    The endpoint is not thread-safe, so only the worker thread sends:
-    records logged by other threads of the worker wait in ``pending``
-    until the worker loop calls :meth:`drain` (once per iteration).
+    Records wait in ``pending`` and travel in batches (see ``_BATCH``);
+    a WARNING or worse sends at once, with what waited before it, so
+    lines keep their order. The endpoint is not thread-safe, so only
+    the worker thread sends: records logged by other threads wait until
+    the worker loop calls :meth:`drain` (once per iteration).
     """
 
     def __init__(self, send: Send, worker: int) -> None:
@@ -81,6 +89,7 @@ class WorkerLogForwarder(logging.Handler):
         self.pending: deque[dict[str, Any]] = deque()
         self.closed = False
         self._owner = threading.get_ident()
+        self._since = 0.0  # when the oldest pending record was logged
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -92,17 +101,27 @@ class WorkerLogForwarder(logging.Handler):
             # The channel to the driver is gone: write the line here.
             sys.stderr.write(f"{data['levelname']} {data['name']}: {data['msg']}\n")
             return
+        if not self.pending:
+            self._since = time.monotonic()
+        self.pending.append(data)
         if threading.get_ident() != self._owner:
-            self.pending.append(data)
             return
-        if self.pending:
+        if (
+            record.levelno >= logging.WARNING
+            or len(self.pending) >= _BATCH
+            or time.monotonic() - self._since >= _LINGER
+        ):
             self.drain()
-        self.send(DRIVER, (P.LOG, data))
 
     def drain(self) -> None:
-        """Send the records other threads logged (worker thread only)."""
-        while self.pending and not self.closed:
-            self.send(DRIVER, (P.LOG, self.pending.popleft()))
+        """Send every pending record in one message (worker thread only)."""
+        if self.closed or not self.pending:
+            return
+        batch = []
+        pending = self.pending
+        while pending:
+            batch.append(pending.popleft())
+        self.send(DRIVER, (P.LOG, batch))
 
     def close(self) -> None:
         self.closed = True
@@ -148,16 +167,17 @@ def install_worker_logging(send: Send, worker: int) -> WorkerLogForwarder:
 # --- in the driver ------------------------------------------------------------
 
 
-def emit_forwarded(data: dict[str, Any], sender: int) -> None:
-    """Re-emit a record a worker forwarded, through the driver's logging.
+def emit_forwarded(batch: list[dict[str, Any]], sender: int) -> None:
+    """Re-emit records a worker forwarded, through the driver's logging.
 
     The worker already applied its levels (inherited from this process
-    at the fork), so the record goes straight to the handlers.
+    at the fork), so each record goes straight to the handlers.
     """
-    record = logging.makeLogRecord(data)
-    if not getattr(record, "sage_worker", None):
-        record.sage_worker = f"w{sender}"
-    logging.getLogger(record.name).handle(record)
+    for data in batch:
+        record = logging.makeLogRecord(data)
+        if not getattr(record, "sage_worker", None):
+            record.sage_worker = f"w{sender}"
+        logging.getLogger(record.name).handle(record)
 
 
 # --- handlers for the CLI ---------------------------------------------------

@@ -47,8 +47,8 @@ Control plane, worker -> driver:
     A record was skipped under the skip policy (a dict, see errors).
 ``("done", stats)``
     The worker finished every stage and is about to exit.
-``("log", record_dict)``
-    A log record from a worker, to be emitted by the driver.
+``("log", [record_dict, ...])``
+    Log records from a worker, in order, to be emitted by the driver.
 
 A transport adds one message of its own, ``("eof",)``, when a peer's
 channel closes (see :mod:`sage_mp._transport`).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import logging
 import os
 import re
 import select
@@ -20,6 +21,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ import pytest
 from helpers import run_python, write_script
 
 from sage_mp import LocalEnvironment, MapFunction
+from sage_mp._logs import _BATCH, _LINGER, WorkerLogForwarder
 from sage_mp._progress import LiveLine, render
 
 # A source that stops halfway until a gate file exists, so that the job
@@ -481,6 +484,106 @@ def test_worker_logs_arrive_whole_and_tagged(tmp_path):
     # With a checkpoint directory the CLI also writes them to a file.
     logged = (checkpoints / "sage_mp.log").read_text().splitlines()
     assert sorted(line for line in logged if "begin" in line) == sorted(lines)
+
+
+CHATTY_JOB = """
+import logging, os, sys, time
+from sage_mp import LocalEnvironment, MapFunction
+
+log = logging.getLogger("chatty")
+
+class Chatty(MapFunction):
+    def execute(self, n):
+        log.info("record %d", n)
+        if n == 2500:
+            # A warning must reach the terminal while the worker is
+            # still busy: the test creates the gate only once it saw it.
+            log.warning("halfway")
+            while not os.path.exists(sys.argv[1]):
+                time.sleep(0.01)
+        return n
+
+env = LocalEnvironment("chatty", workers=2)
+env.from_collection(range(5000)).keyby(lambda n: n % 7).map(Chatty).sink(
+    lambda n: None, parallelism=2
+)
+env.submit(autostop=True)
+"""
+
+INFO_LINE = re.compile(r"INFO chatty \[Chatty (w[01])\]: record (\d+)$")
+
+
+def test_worker_logs_travel_in_batches_in_order(tmp_path):
+    """Per-record INFO lines all arrive, each worker's in order, and a
+    WARNING reaches the terminal while its worker is still busy."""
+    script = write_script(tmp_path / "job.py", CHATTY_JOB)
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sage_mp", "run", "--log-level", "INFO"]
+        + ["--no-progress", str(script), str(gate)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    # Without the warning the job would wait for the gate for ever.
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stderr:
+            seen.append(line.rstrip("\n"))
+            if "WARNING chatty" in line and "halfway" in line:
+                gate.write_text("open")
+        code = proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert gate.exists(), "the warning did not arrive while the worker waited"
+    assert code == 0, "\n".join(seen[-20:])
+    by_worker: dict[str, list[int]] = {}
+    for line in seen:
+        match = INFO_LINE.search(line)
+        if match:
+            by_worker.setdefault(match.group(1), []).append(int(match.group(2)))
+    assert sorted(n for numbers in by_worker.values() for n in numbers) == list(
+        range(5000)
+    )
+    assert all(numbers == sorted(numbers) for numbers in by_worker.values())
+
+
+def test_forwarder_batches_until_a_warning_a_full_batch_or_the_linger():
+    """The batching rules, on the forwarder that workers install."""
+    sent: list[list[str]] = []
+    forwarder = WorkerLogForwarder(
+        lambda peer, message: sent.append([r["msg"] for r in message[1]]), 0
+    )
+    logger = logging.getLogger("sage_mp.test.forwarder")
+    logger.addHandler(forwarder)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        logger.info("a")
+        logger.info("b")
+        assert sent == []
+        logger.warning("c")  # sends at once, after what waited
+        assert sent == [["a", "b", "c"]]
+        for n in range(_BATCH):
+            logger.info("%d", n)
+        assert sent[1] == [str(n) for n in range(_BATCH)]
+        logger.info("d")
+        time.sleep(_LINGER * 1.5)
+        logger.info("e")  # the first one waited long enough
+        assert sent[2] == ["d", "e"]
+        logger.info("f")
+        forwarder.drain()  # the worker loop's turn
+        assert sent[3:] == [["f"]]
+    finally:
+        logger.removeHandler(forwarder)
 
 
 # --- errors ---------------------------------------------------------------
