@@ -163,8 +163,9 @@ _LIVE_LOCK = threading.Lock()
 
 
 def live_drivers() -> list[Driver]:
+    """The jobs of this process that have not ended, oldest first."""
     with _LIVE_LOCK:
-        return list(_LIVE)
+        return sorted(_LIVE, key=lambda driver: driver.started_at)
 
 
 class Driver:

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from ._metrics import JobWatch
 from ._report import size
 
-__all__ = ["LiveLine", "Monitor", "render"]
+__all__ = ["LiveLine", "Monitor", "render", "render_all"]
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,6 @@ class Monitor:
             except Exception:  # noqa: BLE001 - a display must not stop a job
                 log.debug("monitor failed to sample", exc_info=True)
 
-    # TODO: With several jobs running at once the live line shows only
-    # the newest; a line per job, or a combined line, needs a layout.
     def poll(self) -> None:
         """Find jobs, redraw the live line, write metrics when due."""
         from ._driver import live_drivers
@@ -139,6 +137,7 @@ class Monitor:
         for driver in live_drivers():
             self.watch(driver)
         running = [w for w in self.watches.values() if not w.driver.finished.is_set()]
+        running.sort(key=lambda watch: watch.driver.started_at)
         now = time.monotonic()
         metrics_due = self.metrics is not None and now >= self._next_metrics
         if metrics_due:
@@ -147,17 +146,19 @@ class Monitor:
                 self._next_metrics + self.metrics_interval,
                 now + self.metrics_interval / 2,
             )
-        shown = running[-1] if running and self.live is not None else None
+        shown: list[dict[str, Any]] = []
         for watch in running:
-            if watch is not shown and not metrics_due:
+            if self.live is None and not metrics_due:
                 continue
             snap = watch.snapshot()
-            if watch is shown and self.live is not None:
-                self.live.show(render(snap))
+            shown.append(snap)
             if metrics_due:
                 self._write(snap)
-        if self.live is not None and shown is None:
-            self.live.erase()
+        if self.live is not None:
+            if shown:
+                self.live.show(render_all(shown))
+            else:
+                self.live.erase()
 
     def watch(self, driver: Any) -> JobWatch:
         watch = self.watches.get(id(driver))
@@ -227,6 +228,20 @@ def render(snap: dict[str, Any]) -> str:
         parts.append(" ".join(workers))
 
     return " | ".join(parts)
+
+
+def render_all(snaps: list[dict[str, Any]]) -> str:
+    """The live line for every running job: one job in full, or each
+    job's name, progress and rate side by side."""
+    if len(snaps) == 1:
+        return render(snaps[0])
+    return " || ".join(f"{s['job']} {_head(s)} {s['rate']:,.0f} rec/s" for s in snaps)
+
+
+def _head(snap: dict[str, Any]) -> str:
+    if snap["total"]:
+        return f"{(snap['progress'] or 0.0) * 100:3.0f}%"
+    return _clock(snap["elapsed"])
 
 
 def _worker(row: dict[str, Any]) -> str:

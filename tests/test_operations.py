@@ -31,7 +31,7 @@ from helpers import run_python, write_script
 
 from sage_mp import LocalEnvironment, MapFunction
 from sage_mp._logs import _BATCH, _LINGER, WorkerLogForwarder
-from sage_mp._progress import LiveLine, render
+from sage_mp._progress import LiveLine, render, render_all
 
 # A source that stops halfway until a gate file exists, so that the job
 # is certainly running while the test watches it.
@@ -187,6 +187,44 @@ def test_live_line_is_redrawn_in_place_on_a_terminal(tmp_path):
     assert "\x1b" not in out[out.index("job 'known' finished") :]
 
 
+TWO_JOBS = (
+    GATED_SOURCE
+    + """
+first = LocalEnvironment("first", workers=2)
+first.from_source(Gated, 4_000, sys.argv[1]).keyby(lambda n: n % 3).sink(
+    lambda n: None, parallelism=2
+)
+second = LocalEnvironment("second", workers=2)
+second.from_source(Gated, 4_000, sys.argv[1]).keyby(lambda n: n % 5).sink(
+    lambda n: None, parallelism=2
+)
+first.submit()
+second.submit()
+"""
+)
+
+
+def test_live_line_shows_every_running_job(tmp_path):
+    """Two jobs running at once share the live line, each named."""
+    gate = tmp_path / "gate"
+    script = write_script(tmp_path / "job.py", TWO_JOBS)
+
+    def both(text: str) -> bool:
+        return any("second" in line for line in live_lines(text, "first"))
+
+    code, out = run_in_terminal(
+        ["-m", "sage_mp", "run", str(script), str(gate)],
+        tmp_path,
+        when=both,
+        then=open_gate(gate),
+    )
+
+    assert code == 0, out
+    shared = [line for line in live_lines(out, "first") if " || second " in line]
+    assert shared, out
+    assert re.match(r"first +\d+% [\d,]+ rec/s \|\| second +\d+% ", shared[0])
+
+
 def test_without_a_terminal_there_is_no_live_line(tmp_path):
     """With stderr not a TTY: no \\r, no escape codes, but the full report."""
     gate = tmp_path / "gate"
@@ -270,6 +308,11 @@ def test_render_shows_every_part_of_a_snapshot():
         "w1 - 1.0M",
     ):
         assert part in line, (part, line)
+
+    # Several jobs at once share the line; one alone gets it all.
+    other = {**snap, "job": "k", "total": 0, "elapsed": 75.0, "rate": 1234.0}
+    assert render_all([snap]) == line
+    assert render_all([snap, other]) == "j  50% 250 rec/s || k 1:15 1,234 rec/s"
 
 
 # --- metrics and the report ---------------------------------------------
