@@ -115,3 +115,38 @@ def test_a_function_that_evicts_other_keys_is_then_captured_exactly(tmp_path, ca
         assert restored(store, 4) == fn.state == {"x": 1, "y": 1}
     finally:
         store.close()
+
+
+def test_restored_dicts_keep_their_order(tmp_path):
+    """An attribute captured whole (an LRU, evicting by ``next(iter(d))``)
+    comes back in its dict's order from every checkpoint after the one
+    that noticed the evictions."""
+    store = Store(str(tmp_path / "worker-0"))
+    try:
+        fn = Holder()
+        tracker = StageState([("op", fn)], True)
+        names = [f"u{n}" for n in (17, 3, 99, 42, 8, 61, 5, 230, 14, 77) * 30]
+        for i, key in enumerate(names):
+            process(tracker, fn, key, lambda s, k=key, i=i: s.__setitem__(k, i))
+        checkpoint(tracker, store, 1)
+        assert restored(store, 1) == fn.state
+
+        def lru_add(key: str, value: int):
+            def change(state: dict[str, int]) -> None:
+                state[key] = value
+                if len(state) > 6:
+                    del state[next(iter(state))]
+
+            return change
+
+        for ident, batch in enumerate((range(10, 40), range(40, 90), range(90, 95)), 2):
+            for n in batch:
+                key = f"v{n % 13}"
+                process(tracker, fn, key, lambda s, k=key, n=n: lru_add(k, n)(s))
+            checkpoint(tracker, store, ident)
+            back = restored(store, ident)
+            assert back == fn.state, ident
+            if ident > 2:  # the checkpoint that noticed the evictions was a delta
+                assert list(back) == list(fn.state), ident
+    finally:
+        store.close()
