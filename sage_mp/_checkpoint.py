@@ -18,7 +18,10 @@ What is stored (rules for which attributes are state: :mod:`state`):
   keys processed since the previous one (plus deletions). This keeps a
   checkpoint's cost proportional to the keys it touched, and lets a
   restore with another worker count give each key group to its new
-  owner.
+  owner. A keyed attribute whose function adds or deletes entries of
+  keys it is not processing (an LRU eviction) is noticed by its size
+  and from then on written whole at every checkpoint, from a copy
+  taken at the barrier, with its dict's order.
 * Every other attribute is stored whole at every checkpoint, and on
   restore goes to the worker with the same index (new workers beyond
   the old count start from their constructor's values; values of
