@@ -549,7 +549,7 @@ class StageState:
         # TODO: Other attributes come back in key-group order; recording
         # every base's order costs ~25% more bytes and ~60% more restore
         # time at 1,000,000 keys, so it waits for a cheaper encoding.
-        placed = sorted(order, key=order.__getitem__)
+        placed = sorted(order.keys() & found.keys(), key=order.__getitem__)
         target.update(zip(placed, map(found.__getitem__, placed), strict=True))
         target.update(found)
 
