@@ -187,9 +187,12 @@ def profile_report(directory: str, top: int = 15, skip: Collection[str] = ()) ->
     (the engine's modules, pickle, OS calls, ...) and its ``top``
     functions by own time; then the same for all processes merged.
     """
-    files = sorted(p for p in Path(directory).glob("*.prof") if p.name not in skip)
     # A job that failed before its driver ran leaves an empty file.
-    files = [p for p in files if p.stat().st_size > 0]
+    files = sorted(
+        p
+        for p in Path(directory).glob("*.prof")
+        if p.name not in skip and p.stat().st_size > 0
+    )
     if not files:
         return f"no new .prof files in {directory}"
     lines = []

@@ -756,12 +756,15 @@ def _describe(ops: list[tuple[str, ...]]) -> str:
     return " -> ".join(f"{kind}({name})" for kind, name, *_ in ops) or "(nothing)"
 
 
+def worker_stores(directory: str) -> list[tuple[int, str]]:
+    """(index, folder name) of every worker store there, by index."""
+    names = [n for n in os.listdir(directory) if n.startswith("worker-")]
+    return sorted((int(n.split("-")[1]), n) for n in names)
+
+
 def open_stores(directory: str, readonly: bool = True) -> list[Store]:
     """Open every store in the directory (workers in index order, driver last)."""
-    names = sorted(
-        (n for n in os.listdir(directory) if n.startswith("worker-")),
-        key=lambda n: int(n.split("-")[1]),
-    )
+    names = [name for _, name in worker_stores(directory)]
     if os.path.isdir(os.path.join(directory, DRIVER_STORE)):
         names.append(DRIVER_STORE)
     return [Store(os.path.join(directory, name), readonly) for name in names]
@@ -916,8 +919,8 @@ class Coordinator:
         kept = self.manifest.checkpoints
         needed = max((int(entry["workers"]) for entry in kept), default=self.workers)
         directory = self.config.directory
-        for name in os.listdir(directory):
-            if name.startswith("worker-") and int(name.split("-")[1]) >= needed:
+        for index, name in worker_stores(directory):
+            if index >= needed:
                 shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
                 log.info("deleted %s: no kept checkpoint needs it", name)
 
@@ -1147,8 +1150,7 @@ def purge_uncommitted(
     them.
     """
     upto = point.checkpoint if point is not None else 0
-    names = [n for n in os.listdir(directory) if n.startswith("worker-")]
-    stores = [Store(os.path.join(directory, n)) for n in names]
+    stores = [Store(os.path.join(directory, n)) for _, n in worker_stores(directory)]
     if driver is None and os.path.isdir(os.path.join(directory, DRIVER_STORE)):
         stores.append(Store(os.path.join(directory, DRIVER_STORE)))
     for store in stores:

@@ -136,8 +136,9 @@ class Monitor:
 
         for driver in live_drivers():
             self.watch(driver)
+        # Oldest first: live_drivers() lists jobs by start, so watches
+        # are added in that order.
         running = [w for w in self.watches.values() if not w.driver.finished.is_set()]
-        running.sort(key=lambda watch: watch.driver.started_at)
         now = time.monotonic()
         metrics_due = self.metrics is not None and now >= self._next_metrics
         if metrics_due:

@@ -10,6 +10,8 @@ restored dict must be the one at the barrier.
 
 from __future__ import annotations
 
+import pytest
+
 from sage_mp import StatefulFunction
 from sage_mp._checkpoint import RestorePoint, StageState, merge_blobs
 from sage_mp._partition import KEY_GROUPS
@@ -20,6 +22,23 @@ class Holder(StatefulFunction):
     def __init__(self) -> None:
         super().__init__()
         self.state: dict[str, int] = {}
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A worker's real LMDB store, closed after the test."""
+    opened = Store(str(tmp_path / "worker-0"))
+    yield opened
+    opened.close()
+
+
+def fifty_keys() -> tuple[Holder, StageState]:
+    """A function whose dict holds k0..k49, each processed once."""
+    fn = Holder()
+    tracker = StageState([("op", fn)], True)
+    for i in range(50):
+        process(tracker, fn, f"k{i}", lambda s, i=i: s.__setitem__(f"k{i}", i))
+    return fn, tracker
 
 
 def checkpoint(tracker: StageState, store: Store, ident: int, after_barrier=None):
@@ -56,97 +75,79 @@ def evict_and_add(key: str, victim: str):
     return change
 
 
-def test_an_eviction_after_the_barrier_is_not_in_the_base(tmp_path):
-    store = Store(str(tmp_path / "worker-0"))
-    try:
-        fn = Holder()
-        tracker = StageState([("op", fn)], True)
-        for i in range(50):
-            process(tracker, fn, f"k{i}", lambda s, i=i: s.__setitem__(f"k{i}", i))
-        at_barrier = dict(fn.state)
+def test_an_eviction_after_the_barrier_is_not_in_the_base(store):
+    fn, tracker = fifty_keys()
+    at_barrier = dict(fn.state)
 
-        checkpoint(
-            tracker,
-            store,
-            1,
-            lambda t: process(t, fn, "new", evict_and_add("new", "k7")),
-        )
+    checkpoint(
+        tracker,
+        store,
+        1,
+        lambda t: process(t, fn, "new", evict_and_add("new", "k7")),
+    )
 
-        assert restored(store, 1) == at_barrier
-    finally:
-        store.close()
+    assert restored(store, 1) == at_barrier
 
 
-def test_a_function_that_evicts_other_keys_is_then_captured_exactly(tmp_path, caplog):
+def test_a_function_that_evicts_other_keys_is_then_captured_exactly(store, caplog):
     """The first checkpoint after an eviction notices it (the sizes do
     not add up) and from then on the attribute is captured whole, from
     a copy taken at the barrier: exact whatever happens after it."""
-    store = Store(str(tmp_path / "worker-0"))
-    try:
-        fn = Holder()
-        tracker = StageState([("op", fn)], True)
-        for i in range(50):
-            process(tracker, fn, f"k{i}", lambda s, i=i: s.__setitem__(f"k{i}", i))
-        checkpoint(tracker, store, 1)
-        # Before the next barrier: k3 changes, k4's record evicts k9.
-        process(tracker, fn, "k3", lambda s: s.__setitem__("k3", 300))
-        process(tracker, fn, "k4", evict_and_add("k4", "k9"))
-        checkpoint(tracker, store, 2)
-        assert restored(store, 2) == fn.state
-        assert "adds or deletes entries of keys other than" in caplog.text
+    fn, tracker = fifty_keys()
+    checkpoint(tracker, store, 1)
+    # Before the next barrier: k3 changes, k4's record evicts k9.
+    process(tracker, fn, "k3", lambda s: s.__setitem__("k3", 300))
+    process(tracker, fn, "k4", evict_and_add("k4", "k9"))
+    checkpoint(tracker, store, 2)
+    assert restored(store, 2) == fn.state
+    assert "adds or deletes entries of keys other than" in caplog.text
 
-        # Before the third barrier k5 changes; after it, before the
-        # capture is done, records evict k5 (changed, not captured yet)
-        # and k11 (unchanged), and k20 loses all its group's company.
-        process(tracker, fn, "k5", lambda s: s.__setitem__("k5", 500))
-        at_barrier = dict(fn.state)
+    # Before the third barrier k5 changes; after it, before the
+    # capture is done, records evict k5 (changed, not captured yet)
+    # and k11 (unchanged).
+    process(tracker, fn, "k5", lambda s: s.__setitem__("k5", 500))
+    at_barrier = dict(fn.state)
 
-        def after(t: StageState) -> None:
-            process(t, fn, "x", evict_and_add("x", "k5"))
-            process(t, fn, "y", evict_and_add("y", "k11"))
+    def after(t: StageState) -> None:
+        process(t, fn, "x", evict_and_add("x", "k5"))
+        process(t, fn, "y", evict_and_add("y", "k11"))
 
-        checkpoint(tracker, store, 3, after)
-        assert restored(store, 3) == at_barrier
+    checkpoint(tracker, store, 3, after)
+    assert restored(store, 3) == at_barrier
 
-        # Keys deleted since: the next checkpoint has them gone.
-        for key in [k for k in fn.state if k not in ("x", "y")]:
-            del fn.state[key]
-        checkpoint(tracker, store, 4)
-        assert restored(store, 4) == fn.state == {"x": 1, "y": 1}
-    finally:
-        store.close()
+    # Keys deleted since: the next checkpoint has them gone.
+    for key in [k for k in fn.state if k not in ("x", "y")]:
+        del fn.state[key]
+    checkpoint(tracker, store, 4)
+    assert restored(store, 4) == fn.state == {"x": 1, "y": 1}
 
 
-def test_restored_dicts_keep_their_order(tmp_path):
+def test_restored_dicts_keep_their_order(store):
     """An attribute captured whole (an LRU, evicting by ``next(iter(d))``)
     comes back in its dict's order from every checkpoint after the one
     that noticed the evictions."""
-    store = Store(str(tmp_path / "worker-0"))
-    try:
-        fn = Holder()
-        tracker = StageState([("op", fn)], True)
-        names = [f"u{n}" for n in (17, 3, 99, 42, 8, 61, 5, 230, 14, 77) * 30]
-        for i, key in enumerate(names):
-            process(tracker, fn, key, lambda s, k=key, i=i: s.__setitem__(k, i))
-        checkpoint(tracker, store, 1)
-        assert restored(store, 1) == fn.state
+    fn = Holder()
+    tracker = StageState([("op", fn)], True)
+    names = [f"u{n}" for n in (17, 3, 99, 42, 8, 61, 5, 230, 14, 77) * 30]
+    for i, key in enumerate(names):
+        process(tracker, fn, key, lambda s, k=key, i=i: s.__setitem__(k, i))
+    checkpoint(tracker, store, 1)
+    assert restored(store, 1) == fn.state
 
-        def lru_add(key: str, value: int):
-            def change(state: dict[str, int]) -> None:
-                state[key] = value
-                if len(state) > 6:
-                    del state[next(iter(state))]
+    def lru_add(key: str, value: int):
+        def change(state: dict[str, int]) -> None:
+            state[key] = value
+            if len(state) > 6:
+                del state[next(iter(state))]
 
-            return change
+        return change
 
-        for ident, batch in enumerate((range(10, 40), range(40, 90), range(90, 95)), 2):
-            for n in batch:
-                key = f"v{n % 13}"
-                process(tracker, fn, key, lambda s, k=key, n=n: lru_add(k, n)(s))
-            checkpoint(tracker, store, ident)
-            back = restored(store, ident)
-            assert back == fn.state, ident
-            if ident > 2:  # the checkpoint that noticed the evictions was a delta
-                assert list(back) == list(fn.state), ident
-    finally:
-        store.close()
+    for ident, batch in enumerate((range(10, 40), range(40, 90), range(90, 95)), 2):
+        for n in batch:
+            key = f"v{n % 13}"
+            process(tracker, fn, key, lru_add(key, n))
+        checkpoint(tracker, store, ident)
+        back = restored(store, ident)
+        assert back == fn.state, ident
+        if ident > 2:  # the checkpoint that noticed the evictions was a delta
+            assert list(back) == list(fn.state), ident
