@@ -95,6 +95,10 @@ class StagePlan:
     #: runs it, routing each record straight to its owner, because a
     #: hop through a worker would cost more than the routing itself.
     at_head: bool = False
+    #: Stage 0 hosted by every worker, each reading every tick of the
+    #: source collection and keeping the records it owns: no record,
+    #: position or key travels between workers (see _driver.scan_mode).
+    reads_all: bool = False
 
     @property
     def on_workers(self) -> bool:

@@ -22,9 +22,10 @@ Data plane, sent along the pipeline (driver -> stage 0 -> stage 1 ...
 ``("range", stage, tick, start, stop)``
     The records of ``tick`` are the source collection's items
     ``start`` to ``stop`` (``None`` items skipped). Sent by the driver
-    to one worker's instance of stage 0 when the workers route a
-    collection themselves: that worker reads the records from its own
-    copy and routes them on as ``slice`` messages.
+    to every worker's instance of stage 0 when the workers route a
+    collection themselves: each worker reads the records from its own
+    copy, keys them, and passes the ones it owns to its own next stage
+    as a ``slice``.
 ``("barrier", stage, checkpoint_id, tick)``
     Checkpoint ``checkpoint_id`` cuts the stream before ``tick``. Sent
     after the sender's last batch before ``tick``.
@@ -43,6 +44,13 @@ Control plane, worker -> driver:
     The worker's snapshot for ``checkpoint_id`` is durable.
 ``("failed", report)``
     The worker stops because of ``report`` (a :class:`FailureReport`).
+``("kept", tick, count)``
+    Sent by a stage 0 instance that reads every ``range``, at each
+    barrier and at the end: how many of this run's records before
+    ``tick`` it kept as its own, plus the unkeyable ones it reported
+    (a tick's key errors are reported by worker ``tick % workers``
+    only). The driver checks that the workers' counts add up to the
+    records it sent.
 ``("dead", letter)``
     A record was skipped under the skip policy (a dict, see errors).
 ``("done", stats)``
@@ -62,6 +70,7 @@ END = "end"
 ACK = "ack"
 FAILED = "failed"
 DEAD = "dead"
+KEPT = "kept"
 DONE = "done"
 LOG = "log"
 EOF_KIND = "eof"

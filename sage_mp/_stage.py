@@ -292,6 +292,10 @@ class StageInstance:
         #: The source collection, when this stage 0 instance reads and
         #: routes ranges of it itself (see P.RANGE).
         self.collection: Any = None
+        #: Records this run kept as its own, or reported as unkeyable,
+        #: when it reads every tick (see P.KEPT).
+        self.kept = 0
+        self._mine: dict[Any, bool] = {}
 
         self.previous_route = (
             previous.route.kind if previous is not None and previous.route else None
@@ -371,6 +375,8 @@ class StageInstance:
         self.round_robin = False
         if previous is None or previous.at_head:
             self.upstream: list[int] = [DRIVER]
+        elif previous.reads_all:
+            self.upstream = [self.host]
         else:
             self.round_robin = previous.index == 0
             self.upstream = [0] if previous.single else list(range(self.workers))
@@ -380,6 +386,8 @@ class StageInstance:
     def _destinations_of(self, next_stage: StagePlan | None) -> list[int]:
         if next_stage is None:
             return []
+        if self.plan.reads_all:
+            return [self.host]
         if next_stage.in_driver:
             return [DRIVER]
         if next_stage.single:
@@ -601,6 +609,15 @@ class StageInstance:
         self.tick = tick
         emitter = self._route_only
         assert emitter is not None
+        if self.plan.reads_all:
+            counted = emitter.count
+            idxs, keys = self._keep_own(tick, offsets, values)
+            self.kept += emitter.count - counted
+            self.records_in += len(idxs)
+            self.send(self.host, (P.SLICE, self.index + 1, tick, start, idxs, keys))
+            self.busy += time.perf_counter() - started
+            self.next_tick = tick + 1
+            return
         self.records_in += len(values)
         self._route_all(offsets, values, with_values=False)
         stage = self.index + 1
@@ -610,6 +627,62 @@ class StageInstance:
         emitter.batches = [Batch() for _ in batches]
         self.busy += time.perf_counter() - started
         self.next_tick = tick + 1
+
+    def _keep_own(
+        self, tick: int, offsets: Any, values: list[Any]
+    ) -> tuple[list[int], list[Any]]:
+        """The offsets and keys of the records of a tick this worker owns.
+
+        Every worker reads every tick (see ``StagePlan.reads_all``), so
+        a record whose key cannot be extracted is reported, and counted
+        by the emitter, in one of them only: worker ``tick % workers``.
+        """
+        emitter = self._route_only
+        assert emitter is not None
+        mine_of = self._mine
+        try:
+            keys = list(map(emitter.extract, values))  # type: ignore[arg-type]
+            mine = list(map(mine_of.get, keys))
+            if None in mine:  # keys not seen yet, or a None key
+                if len(mine_of) >= _ROUTE_CACHE:
+                    mine_of.clear()
+                for position, flag in enumerate(mine):
+                    if flag is None:
+                        key = keys[position]
+                        dest = emitter._route(key, values[position])
+                        mine[position] = mine_of[key] = dest == self.host
+        except Exception:
+            return self._keep_own_each(tick, offsets, values)
+        idxs = list(itertools.compress(offsets, mine))
+        emitter.count += len(idxs)
+        return idxs, list(itertools.compress(keys, mine))
+
+    def _keep_own_each(
+        self, tick: int, offsets: Any, values: list[Any]
+    ) -> tuple[list[int], list[Any]]:
+        """Like :meth:`_keep_own`, record by record, reporting failures."""
+        emitter = self._route_only
+        assert emitter is not None
+        reports = tick % self.workers == self.host
+        idxs: list[int] = []
+        keys: list[Any] = []
+        for offset, value in zip(offsets, values, strict=True):
+            try:
+                key = emitter.extract(value)  # type: ignore[misc]
+                dest = emitter.cache.get(key)
+                if dest is None:
+                    dest = emitter._route(key, value)
+            except Exception as err:
+                if reports:
+                    emitter.count += 1
+                    self.current.idx = offset
+                    self._on_error(err, None, value)
+                continue
+            if dest == self.host:
+                idxs.append(offset)
+                keys.append(key)
+        emitter.count += len(idxs)
+        return idxs, keys
 
     def barrier(self, checkpoint: int, tick: int) -> None:
         """Cut checkpoint ``checkpoint`` before ``tick`` (in-process)."""
@@ -634,6 +707,8 @@ class StageInstance:
             self.send(dest, message)
 
     def _snapshot(self, checkpoint: int, tick: int) -> None:
+        if self.plan.reads_all:
+            self.send(DRIVER, (P.KEPT, tick, self.kept))
         self.last_barrier = max(self.last_barrier, checkpoint)
         if self.on_barrier is not None:
             self.on_barrier(self, checkpoint)
@@ -645,6 +720,8 @@ class StageInstance:
             self.tracker.work(None)
         self.close_functions()
         self.finished = True
+        if self.plan.reads_all:
+            self.send(DRIVER, (P.KEPT, self.end_tick, self.kept))
         self._forward((P.END, self.index + 1, self.end_tick))
 
     def close_functions(self) -> None:

@@ -13,6 +13,7 @@ records.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import pytest
 from helpers import WORKERS, driver_sink, make_events
 
 from sage_mp import (
+    JobFailed,
     LocalEnvironment,
     MapFunction,
     StatefulFunction,
@@ -188,12 +190,14 @@ def test_routing_runs_where_it_was_forced(workers, routing, tmp_path):
     result = env.submit(autostop=True)
 
     keyed_in = [int(line) for line in pids.read_text().split()]
-    assert len(keyed_in) == len(events) == result.records
+    assert result.records == len(events)
+    assert result.operators["PidFileKey"]["in"] == len(events)
     if routing == "driver":
-        assert set(keyed_in) == {os.getpid()}
+        assert keyed_in == [os.getpid()] * len(events)
     else:
+        # Every worker keys every record and keeps the ones it owns.
         assert os.getpid() not in keyed_in
-        assert len(set(keyed_in)) == workers
+        assert sorted(collections.Counter(keyed_in).values()) == [len(events)] * workers
     for key, gseq, engine_seq, source_seq in sink.records:
         assert engine_seq == source_seq, (key, gseq)
 
@@ -236,3 +240,36 @@ def test_a_source_that_sends_records_is_not_scanned(monkeypatch):
     env = LocalEnvironment("scan-not-2")
     env.from_collection([1, 2]).map(lambda n: n).keyby(lambda n: n).sink(driver_sink())
     assert scan_mode(env.plan(), 2) is None
+
+
+def _per_process_key(event):
+    return f"{event['user']}@{os.getpid()}"
+
+
+def test_key_extractor_that_differs_by_process_fails_before_a_checkpoint(
+    routing, tmp_path
+):
+    """Workers that disagree on a record's key fail the job, not its data."""
+    if routing == "driver":
+        pytest.skip("the driver keys each record once: nothing can disagree")
+    directory = tmp_path / "ckpt"
+    env = LocalEnvironment(
+        "scan-nondeterministic",
+        workers=2,
+        batch_size=100,
+        checkpoint_dir=str(directory),
+        checkpoint_interval=0.01,
+    )
+    events = make_events(20_000, users=50)
+    env.from_collection(events).keyby(_per_process_key, name="by_pid").map(
+        Numbered
+    ).sink(driver_sink())
+    with pytest.raises(JobFailed) as caught:
+        env.submit(autostop=True)
+
+    text = str(caught.value)
+    assert "key extractor 'by_pid' is not deterministic" in text
+    assert f"{SCAN_ROUTING_ENV}=driver" in text
+    manifest = json.loads((directory / "MANIFEST.json").read_text())
+    # Not one committed checkpoint covers a record.
+    assert [entry["tick"] for entry in manifest["checkpoints"]] in ([], [0])
