@@ -205,10 +205,12 @@ class Driver:
         # still inside the pipeline without a lock (see _metrics).
         self.tick_sizes = [0] * (options.in_flight + 2)
         #: Who reads and routes a sliceable collection: None (the
-        #: source sends records), "driver" or "workers" (see scan_mode).
+        #: source sends records), "driver", "dealt" or "every" (see
+        #: scan_mode).
         self._scan = scan_mode(plan, self.workers)
-        if self._scan == "workers":
-            self.plan = plan = plan_with_head_on_workers(plan)
+        if self._scan in ("dealt", "every"):
+            every = self._scan == "every"
+            self.plan = plan = plan_with_head_on_workers(plan, every)
 
     # -- lifecycle
 
@@ -554,7 +556,7 @@ class Driver:
         if self._scan == "driver":
             self._send_slice()
             return
-        if self._scan == "workers":
+        if self._scan in ("dealt", "every"):
             self._send_range()
             return
         batch = Batch()
@@ -651,8 +653,12 @@ class Driver:
         tick = self._ticks_sent
         self.tick_sizes[tick % len(self.tick_sizes)] = count
         self._records += count
-        for worker in range(self.workers):
-            self.endpoint.send(worker, (P.RANGE, 0, tick, start, stop))
+        message = (P.RANGE, 0, tick, start, stop)
+        if self._scan == "every":
+            for worker in range(self.workers):
+                self.endpoint.send(worker, message)
+        else:
+            self.endpoint.send(tick % self.workers, message)
         self._ticks_sent = tick + 1
 
     def _send_slice(self) -> None:
@@ -732,7 +738,7 @@ class Driver:
 
     def _note_sent(self, tick: int) -> None:
         """Remember how many records this run sent before ``tick``."""
-        if self._scan == "workers":
+        if self._scan == "every":
             self._sent_before[tick] = self._records - self._records_at_open
 
     def _count_kept(self, worker: int, tick: int, kept: int) -> None:
@@ -763,13 +769,13 @@ class Driver:
         raise JobFailed(
             f"key extractor {name!r} is not deterministic: the workers kept "
             f"{kept} of the {expected} records before tick {tick}. With a "
-            "list, tuple or range source and as many workers as cores, every "
-            "worker runs the key extractor on every record and keeps the "
-            "records whose key it owns, so the extractor must give the same "
-            "key for the same record in every process (no random numbers, "
-            "clocks, object ids or process ids). Make it depend on the "
-            f"record only, or set {SCAN_ROUTING_ENV}=driver to run it once "
-            "per record, in the driver."
+            "list, tuple or range source and as many workers as cores (up to "
+            f"{EVERY_WORKER_KEYS_UP_TO}), every worker runs the key extractor on "
+            "every record and keeps the records whose key it owns, so the "
+            "extractor must give the same key for the same record in every "
+            "process (no random numbers, clocks, object ids or process ids). "
+            f"Make it depend on the record only, or set {SCAN_ROUTING_ENV}="
+            "driver to run it once per record, in the driver."
         )
 
     def _worker_died(self, worker: int) -> WorkerDied:
@@ -967,9 +973,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-#: Forces who routes a sliceable collection: "driver" or "workers".
+#: Forces who routes a sliceable collection: "driver", "workers" (the
+#: worker count picks how), "dealt" or "every" (see :func:`scan_mode`).
 #: Unset, :func:`scan_mode` decides by the number of cores.
 SCAN_ROUTING_ENV = "SAGE_MP_SCAN_ROUTING"
+
+#: Up to this many workers, every worker keys every tick (``"every"``);
+#: with more, each tick is dealt to one worker (``"dealt"``).
+EVERY_WORKER_KEYS_UP_TO = 2
 
 
 def scan_mode(plan: Plan, workers: int) -> str | None:
@@ -977,35 +988,56 @@ def scan_mode(plan: Plan, workers: int) -> str | None:
 
     ``None`` when the source must send its records (see
     :func:`scans_collection`). Otherwise the records stay out of the
-    pipes, and either the driver routes each tick and sends every
-    worker the positions and keys of its records (``"driver"``), or
-    the driver sends every worker the bounds of every tick and each
-    worker keys all of the tick's records and keeps its own
-    (``"workers"``). The driver is worth its own core when one is left
-    over besides the workers; without a spare core it would only take
-    CPU from them, so the workers route (on 2 cores with 2 workers,
-    light: driver CPU from 0.43 s to ~0.15 s per million records, the
-    job 20% faster). Keying every record in every worker costs a key
-    extraction per record per worker, and saves all traffic between
-    workers: no worker waits for another's share of a tick.
+    pipes, and one of these routes them:
+
+    ``"driver"``
+        The driver keys each tick and sends every worker the positions
+        and keys of its records.
+    ``"every"``
+        The driver sends every worker the bounds of every tick; each
+        worker keys all of the tick's records and keeps its own.
+    ``"dealt"``
+        The driver deals each tick's bounds to one worker, which keys
+        the tick and sends every worker the positions and keys of its
+        records.
+
+    The driver is worth its own core when one is left over besides the
+    workers; without a spare core it would only take CPU from them, so
+    the workers route (on 2 cores with 2 workers, light: driver CPU
+    from 0.43 s to ~0.15 s per million records, the job 20% faster).
+    Keying every tick in every worker sends nothing between workers,
+    so none waits for another's share of a tick, but each extra worker
+    adds a key extraction per record to every worker. On 2 workers it
+    won (light 0.90 s against 1.06 s, medians of 8 alternating rounds);
+    with more workers the extra keying grows with their number while
+    each one's own share shrinks, so ticks are dealt instead.
     """
+    # TODO: Choose between "every" and "dealt" by what a record costs
+    # (keying against the rest of the chain), measured while the job
+    # runs, instead of by the worker count alone.
     if not scans_collection(plan):
         return None
     forced = os.environ.get(SCAN_ROUTING_ENV, "")
-    if forced in ("driver", "workers"):
+    if forced in ("driver", "dealt", "every"):
         return forced
-    if forced:
+    if forced and forced != "workers":
         log.warning(
-            "%s=%r is not one of 'driver', 'workers'; ignored",
+            "%s=%r is not one of 'driver', 'workers', 'dealt', 'every'; ignored",
             SCAN_ROUTING_ENV,
             forced,
         )
-    return "workers" if workers >= usable_cores() else "driver"
+    if forced != "workers" and workers < usable_cores():
+        return "driver"
+    return "every" if workers <= EVERY_WORKER_KEYS_UP_TO else "dealt"
 
 
-def plan_with_head_on_workers(plan: Plan) -> Plan:
-    """``plan`` with its stage 0 hosted by every worker, not the driver."""
-    head = dataclasses.replace(plan.stages[0], at_head=False, reads_all=True)
+def plan_with_head_on_workers(plan: Plan, every: bool) -> Plan:
+    """``plan`` with its stage 0 hosted by every worker, not the driver.
+
+    With ``every``, each worker's instance reads every tick and keeps
+    the records it owns (see ``StagePlan.reads_all``).
+    """
+    head = dataclasses.replace(plan.stages[0], at_head=False, reads_all=every)
     return dataclasses.replace(plan, stages=[head, *plan.stages[1:]])
 
 

@@ -22,10 +22,11 @@ Data plane, sent along the pipeline (driver -> stage 0 -> stage 1 ...
 ``("range", stage, tick, start, stop)``
     The records of ``tick`` are the source collection's items
     ``start`` to ``stop`` (``None`` items skipped). Sent by the driver
-    to every worker's instance of stage 0 when the workers route a
-    collection themselves: each worker reads the records from its own
-    copy, keys them, and passes the ones it owns to its own next stage
-    as a ``slice``.
+    to stage 0 on the workers when they route a collection themselves
+    (see ``_driver.scan_mode``): either to every worker, and each reads
+    the records from its own copy, keys them, and passes the ones it
+    owns to its own next stage as a ``slice``; or to one worker, which
+    keys them and sends every worker, itself included, a ``slice``.
 ``("barrier", stage, checkpoint_id, tick)``
     Checkpoint ``checkpoint_id`` cuts the stream before ``tick``. Sent
     after the sender's last batch before ``tick``.

@@ -91,15 +91,17 @@ def kill_workers_repeatedly(directory, times, rng, every=2):
 
 
 @pytest.mark.parametrize(
-    "workers,routing", [(1, "driver"), (3, "driver"), (3, "workers")]
+    "workers,routing",
+    [(1, "driver"), (3, "driver"), (3, "dealt"), (2, "every"), (3, "every")],
 )
 def test_killed_workers_leave_state_exactly_once(
     tmp_path, monkeypatch, workers, routing
 ):
     """kill -9 of random workers, three times: per-key state is exact.
 
-    With both ways of routing the collection: by the driver, and by
-    the workers, whose stage 0 then takes part in every checkpoint.
+    With every way of routing the collection: by the driver, by the
+    worker each tick is dealt to, and by every worker; on the workers,
+    stage 0 takes part in every checkpoint.
     """
     monkeypatch.setenv(SCAN_ROUTING_ENV, routing)
     evs = ckpt_job.events(200_000)
@@ -128,7 +130,7 @@ class RejectEveryHundredth(MapFunction):
         return event
 
 
-@pytest.mark.parametrize("routing", ["driver", "workers"])
+@pytest.mark.parametrize("routing", ["driver", "dealt", "every"])
 def test_killed_workers_leave_each_dead_letter_once(tmp_path, monkeypatch, routing):
     """With the skip policy, records replayed after a kill -9 are not
     written to the dead-letter file twice, and the counts agree."""
@@ -341,7 +343,10 @@ def run_counting_key(directory, evs, workers, routing, monkeypatch):
     return env.submit(autostop=True)
 
 
-def test_resume_moves_stage_zero_between_driver_and_workers(tmp_path, monkeypatch):
+@pytest.mark.parametrize("routing", ["dealt", "every"])
+def test_resume_moves_stage_zero_between_driver_and_workers(
+    tmp_path, monkeypatch, routing
+):
     """A keyby's own attributes survive a switch of who routes.
 
     Stage 0 runs in the driver or in every worker depending on the
@@ -355,11 +360,17 @@ def test_resume_moves_stage_zero_between_driver_and_workers(tmp_path, monkeypatc
     # One process holds the attribute: dump_state shows its value alone.
     assert dump_state(str(ck))["by_user"]["keyed"] == 3_000
 
-    run_counting_key(ck, evs[:6_000], 2, "workers", monkeypatch)
+    run_counting_key(ck, evs[:6_000], 2, routing, monkeypatch)
     keyed = dump_state(str(ck))["by_user"]["keyed"]
-    # Each worker keys every record it reads, so each counted the 3,000
-    # new ones; worker 0 went on from the driver's count.
-    assert keyed == {"worker-0": 6_000, "worker-1": 3_000}
+    if routing == "every":
+        # Each worker keys every record it reads, so each counted the
+        # 3,000 new ones; worker 0 went on from the driver's count.
+        assert keyed == {"worker-0": 6_000, "worker-1": 3_000}
+    else:
+        # Each record is keyed once, by the worker its tick was dealt to.
+        assert set(keyed) == {"worker-0", "worker-1"}
+        assert sum(keyed.values()) == 6_000
+        assert keyed["worker-0"] > 3_000
 
     run_counting_key(ck, evs, 2, "driver", monkeypatch)
     after = dump_state(str(ck))["by_user"]["keyed"]

@@ -31,9 +31,9 @@ from sage_mp import (
 from sage_mp._driver import SCAN_ROUTING_ENV, scan_mode
 
 
-@pytest.fixture(params=["driver", "workers"], autouse=True)
+@pytest.fixture(params=["driver", "dealt", "every"], autouse=True)
 def routing(request, monkeypatch):
-    """Who routes the collection's ticks in this test."""
+    """Who routes the collection's ticks in this test (see scan_mode)."""
     monkeypatch.setenv(SCAN_ROUTING_ENV, request.param)
     return request.param
 
@@ -181,7 +181,8 @@ class PidFileKey:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_routing_runs_where_it_was_forced(workers, routing, tmp_path):
-    """The key extractor runs in the driver, or in every worker."""
+    """The key extractor runs in the driver, in the worker dealt a tick,
+    or in every worker on every record."""
     events = make_events(4000, users=11)
     pids = tmp_path / "pids.txt"
     sink = driver_sink()
@@ -192,12 +193,18 @@ def test_routing_runs_where_it_was_forced(workers, routing, tmp_path):
     keyed_in = [int(line) for line in pids.read_text().split()]
     assert result.records == len(events)
     assert result.operators["PidFileKey"]["in"] == len(events)
+    per_process = collections.Counter(keyed_in)
     if routing == "driver":
-        assert keyed_in == [os.getpid()] * len(events)
+        assert per_process == {os.getpid(): len(events)}
+    elif routing == "dealt":
+        # Each record is keyed once, by the worker its tick was dealt to.
+        assert os.getpid() not in per_process
+        assert len(per_process) == workers
+        assert sum(per_process.values()) == len(events)
     else:
         # Every worker keys every record and keeps the ones it owns.
-        assert os.getpid() not in keyed_in
-        assert sorted(collections.Counter(keyed_in).values()) == [len(events)] * workers
+        assert os.getpid() not in per_process
+        assert sorted(per_process.values()) == [len(events)] * workers
     for key, gseq, engine_seq, source_seq in sink.records:
         assert engine_seq == source_seq, (key, gseq)
 
@@ -212,10 +219,16 @@ def test_default_routing_follows_the_spare_cores(monkeypatch):
     plan = env.plan()
     monkeypatch.setattr(_driver, "usable_cores", lambda: 4)
     assert scan_mode(plan, 3) == "driver"
-    assert scan_mode(plan, 4) == "workers"
+    assert scan_mode(plan, 4) == "dealt"
     monkeypatch.setattr(_driver, "usable_cores", lambda: 2)
     assert scan_mode(plan, 1) == "driver"
-    assert scan_mode(plan, 2) == "workers"
+    assert scan_mode(plan, 2) == "every"
+    assert scan_mode(plan, 3) == "dealt"
+    # Forced to the workers, the worker count still picks how.
+    monkeypatch.setenv(SCAN_ROUTING_ENV, "workers")
+    assert scan_mode(plan, 1) == "every"
+    assert scan_mode(plan, 2) == "every"
+    assert scan_mode(plan, 3) == "dealt"
 
 
 def test_unknown_routing_value_is_ignored_with_a_warning(monkeypatch, caplog):
@@ -250,8 +263,8 @@ def test_key_extractor_that_differs_by_process_fails_before_a_checkpoint(
     routing, tmp_path
 ):
     """Workers that disagree on a record's key fail the job, not its data."""
-    if routing == "driver":
-        pytest.skip("the driver keys each record once: nothing can disagree")
+    if routing != "every":
+        pytest.skip("each record is keyed once: nothing can disagree")
     directory = tmp_path / "ckpt"
     env = LocalEnvironment(
         "scan-nondeterministic",
