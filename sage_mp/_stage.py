@@ -603,7 +603,9 @@ class StageInstance:
         each of ``offsets``. Each worker is sent the offsets and keys of
         its own records, not the records: it was forked with the same
         collection and reads them itself (see P.SLICE), which spares
-        pickling, writing and unpickling every record.
+        pickling, writing and unpickling every record. An instance that
+        reads every tick keeps its own records and hands them to its
+        own next stage (see ``StagePlan.reads_all``).
         """
         started = time.perf_counter()
         self.tick = tick
@@ -611,10 +613,13 @@ class StageInstance:
         assert emitter is not None
         if self.plan.reads_all:
             counted = emitter.count
-            idxs, keys = self._keep_own(tick, offsets, values)
+            idxs, keys, kept = self._keep_own(tick, offsets, values)
             self.kept += emitter.count - counted
             self.records_in += len(idxs)
-            self.send(self.host, (P.SLICE, self.index + 1, tick, start, idxs, keys))
+            # To this process's next stage: the records travel as they
+            # are, unpickled, with no need to read them again.
+            stage = self.index + 1
+            self.send(self.host, (P.BATCH, stage, tick, idxs, keys, kept, []))
             self.busy += time.perf_counter() - started
             self.next_tick = tick + 1
             return
@@ -630,8 +635,9 @@ class StageInstance:
 
     def _keep_own(
         self, tick: int, offsets: Any, values: list[Any]
-    ) -> tuple[list[int], list[Any]]:
-        """The offsets and keys of the records of a tick this worker owns.
+    ) -> tuple[list[int], list[Any], list[Any]]:
+        """The offsets, keys and values of the records of a tick this
+        worker owns.
 
         Every worker reads every tick (see ``StagePlan.reads_all``), so
         a record whose key cannot be extracted is reported, and counted
@@ -655,17 +661,19 @@ class StageInstance:
             return self._keep_own_each(tick, offsets, values)
         idxs = list(itertools.compress(offsets, mine))
         emitter.count += len(idxs)
-        return idxs, list(itertools.compress(keys, mine))
+        kept_keys = list(itertools.compress(keys, mine))
+        return idxs, kept_keys, list(itertools.compress(values, mine))
 
     def _keep_own_each(
         self, tick: int, offsets: Any, values: list[Any]
-    ) -> tuple[list[int], list[Any]]:
+    ) -> tuple[list[int], list[Any], list[Any]]:
         """Like :meth:`_keep_own`, record by record, reporting failures."""
         emitter = self._route_only
         assert emitter is not None
         reports = tick % self.workers == self.host
         idxs: list[int] = []
         keys: list[Any] = []
+        kept: list[Any] = []
         for offset, value in zip(offsets, values, strict=True):
             try:
                 key = emitter.extract(value)  # type: ignore[misc]
@@ -681,8 +689,9 @@ class StageInstance:
             if dest == self.host:
                 idxs.append(offset)
                 keys.append(key)
+                kept.append(value)
         emitter.count += len(idxs)
-        return idxs, keys
+        return idxs, keys, kept
 
     def barrier(self, checkpoint: int, tick: int) -> None:
         """Cut checkpoint ``checkpoint`` before ``tick`` (in-process)."""
