@@ -1065,6 +1065,10 @@ def scans_collection(plan: Plan) -> bool:
 
 def _worker_main(pipes: PipeSet, me: int, plan: Plan, options: WorkerOptions) -> None:
     endpoint = pipes.endpoint(me)
+    # Each round of the worker loop ends in a receive: what the round
+    # sent leaves then, one write per peer. Light, 2 workers: 0.61 s
+    # instead of 0.67 s (medians of 8 alternating rounds).
+    endpoint.write_at_receive = True
     if options.profile is not None:
         path = options.profile.format(me=me)
         code = _profiled(

@@ -79,12 +79,19 @@ class WorkerLogForwarder(logging.Handler):
     a WARNING or worse sends at once, with what waited before it, so
     lines keep their order. The endpoint is not thread-safe, so only
     the worker thread sends: records logged by other threads wait until
-    the worker loop calls :meth:`drain` (once per iteration).
+    the worker loop calls :meth:`drain` (once per iteration). ``push``
+    makes what was sent leave the process now, for an endpoint that
+    holds its output until the loop's next turn: a batch that leaves
+    from inside a user function (a WARNING, a full batch, the linger)
+    must not wait for that function to return.
     """
 
-    def __init__(self, send: Send, worker: int) -> None:
+    def __init__(
+        self, send: Send, worker: int, push: Callable[[], Any] | None = None
+    ) -> None:
         super().__init__()
         self.send = send
+        self.push = push
         self.worker = worker
         self.pending: deque[dict[str, Any]] = deque()
         self.closed = False
@@ -112,6 +119,8 @@ class WorkerLogForwarder(logging.Handler):
             or time.monotonic() - self._since >= _LINGER
         ):
             self.drain()
+            if self.push is not None:
+                self.push()
 
     def drain(self) -> None:
         """Send every pending record in one message (worker thread only)."""
@@ -141,7 +150,9 @@ class WorkerLogForwarder(logging.Handler):
         return data
 
 
-def install_worker_logging(send: Send, worker: int) -> WorkerLogForwarder:
+def install_worker_logging(
+    send: Send, worker: int, push: Callable[[], Any] | None = None
+) -> WorkerLogForwarder:
     """Route every log record of this worker process to the driver.
 
     Called by the engine in a freshly forked worker, never in the
@@ -149,7 +160,7 @@ def install_worker_logging(send: Send, worker: int) -> WorkerLogForwarder:
     are removed wherever a record would also reach the forwarder, or
     the driver would print each line twice.
     """
-    forwarder = WorkerLogForwarder(send, worker)
+    forwarder = WorkerLogForwarder(send, worker, push)
     root = logging.getLogger()
     loggers = [
         logger

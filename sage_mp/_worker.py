@@ -96,7 +96,9 @@ def run_worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     # Log lines travel to the driver, which prints each one whole.
-    forwarder = install_worker_logging(endpoint.send, me)
+    forwarder = install_worker_logging(
+        endpoint.send, me, push=lambda: endpoint.flush(0)
+    )
     sampler = OperatorSampler({})
     checkpointer = None
     last: tuple[Any, ...] | None = None
