@@ -16,6 +16,7 @@ import os
 import pickle
 import select
 import struct
+import time
 from collections import deque
 from typing import Any, Protocol
 
@@ -32,6 +33,12 @@ _READ_CHUNK = 1 << 20
 # batch of about 20 KiB-60 KiB move in one write; the default 64 KiB
 # pipe forced several wake-ups per batch.
 _PIPE_SIZE = 1 << 20
+
+# With ``write_at_receive``, a frame still leaves at once when this
+# many seconds have passed since the last write to its peer: a long
+# round of work (slow ticks, a user function that blocks) delays what
+# it sends by one tick at most.
+_HOLD = 0.002
 
 
 class Endpoint(Protocol):
@@ -53,16 +60,20 @@ class Endpoint(Protocol):
 
 
 class _Writer:
-    __slots__ = ("fd", "queue", "offset", "broken")
+    __slots__ = ("fd", "queue", "offset", "broken", "since")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.queue: deque[bytes] = deque()
         self.offset = 0
         self.broken = False
+        #: When this writer last wrote, or was made (see _HOLD).
+        self.since = time.monotonic()
 
     def write_some(self) -> None:
         queue = self.queue
+        if queue:
+            self.since = time.monotonic()
         if len(queue) > 1 and not self.offset:
             # One write for every waiting frame: one wake-up of the reader.
             joined = b"".join(queue)
@@ -141,10 +152,13 @@ class PipeEndpoint:
         self._local: list[tuple[int, tuple[Any, ...]]] = []
         self._eof_reported: set[int] = set()
         #: Hold what is sent until the next receive() or flush(), which
-        #: writes each peer's frames at once. A worker sets it: its loop
-        #: receives after every round of work, and a reader woken once
-        #: per round instead of once per message costs far less.
+        #: writes each peer's frames at once, or until ``hold`` seconds
+        #: have passed since the last write to that peer. A worker sets
+        #: it: its loop receives after every round of work, and a reader
+        #: woken once per round instead of once per message costs far
+        #: less.
         self.write_at_receive = False
+        self.hold = _HOLD
         for fd in (*readers.values(), *writers.values()):
             _nonblocking(fd)
 
@@ -156,8 +170,13 @@ class PipeEndpoint:
         if writer.broken:
             return
         frame = pickle.dumps(message, 5)
-        writer.queue.append(_HEADER.pack(len(frame)) + frame)
-        if len(writer.queue) == 1 and not self.write_at_receive:
+        queue = writer.queue
+        queue.append(_HEADER.pack(len(frame)) + frame)
+        if not self.write_at_receive:
+            if len(queue) == 1:
+                writer.write_some()
+            return
+        if time.monotonic() - writer.since >= self.hold:
             writer.write_some()
 
     def receive(self, timeout: float | None) -> list[tuple[int, tuple[Any, ...]]]:

@@ -1,12 +1,15 @@
 """The pipe transport between a forked worker and the driver.
 
 A worker's endpoint holds what it sends until its next ``receive()``
-or ``flush()``, then writes each peer's frames at once. These tests
-fork a real process over real pipes and hand the steps over with
+or ``flush()``, or until ``hold`` seconds have passed since its last
+write to that peer, and then writes each peer's frames at once. These
+tests fork a real process over real pipes and hand the steps over with
 events, so no step depends on how fast the machine is.
 """
 
 from __future__ import annotations
+
+import time
 
 import multiprocess
 
@@ -16,57 +19,69 @@ COUNT = 200
 WAIT = 30.0  # a safety net for a broken transport, not a measurement
 
 
-def _worker(pipes, sent, go, how):
+def _payload(number):
+    return b"x" * (number % 7 * 1000)
+
+
+def _worker(pipes, sent, go, done, how):
     endpoint = pipes.endpoint(0)
     endpoint.write_at_receive = True
+    endpoint.hold = 10 * WAIT if how != "hold" else 0.05
     for number in range(COUNT):
-        endpoint.send(DRIVER, ("n", number, b"x" * (number % 7) * 1000))
+        if how == "hold" and number == COUNT - 1:
+            time.sleep(2 * endpoint.hold)  # the last send writes them all
+        endpoint.send(DRIVER, ("n", number, _payload(number)))
     sent.set()
     go.wait(WAIT)
     if how == "receive":
         endpoint.receive(0)
-    else:
+    elif how == "flush":
         assert endpoint.flush(WAIT)
-    # Stay alive until the driver has read everything.
-    endpoint.receive(WAIT)
+    # Whatever a full pipe kept back, then stay until the driver has it.
+    assert endpoint.flush(WAIT)
+    done.wait(WAIT)
     endpoint.close()
 
 
 def _run(how):
+    """Held: what arrived before the go; then all messages, in order."""
     context = multiprocess.get_context("fork")
-    sent, go = context.Event(), context.Event()
+    sent, go, done = context.Event(), context.Event(), context.Event()
     pipes = PipeSet(1)
-    proc = context.Process(target=_worker, args=(pipes, sent, go, how))
+    proc = context.Process(target=_worker, args=(pipes, sent, go, done, how))
     proc.start()
     driver = pipes.endpoint(DRIVER)
     try:
         assert sent.wait(WAIT)
-        held = driver.receive(0.2)
+        got = driver.receive(0.2)
+        held = list(got)
         go.set()
-        got = []
         while len(got) < COUNT:
             arrived = driver.receive(WAIT)
             assert arrived, f"only {len(got)} of {COUNT} messages arrived"
             got += arrived
     finally:
+        done.set()
         driver.close()
         proc.join(WAIT)
         if proc.exitcode is None:
             proc.kill()
-    return held, got
+    assert all(sender == 0 for sender, _ in got)
+    assert [message[1] for _, message in got] == list(range(COUNT))
+    assert [message[2] for _, message in got] == [_payload(n) for n in range(COUNT)]
+    return held
 
 
 def test_held_messages_leave_at_the_next_receive_in_order():
-    held, got = _run("receive")
-    assert held == []
-    assert [message[1] for _, message in got] == list(range(COUNT))
-    assert all(sender == 0 for sender, _ in got)
-    assert [len(message[2]) for _, message in got] == [
-        number % 7 * 1000 for number in range(COUNT)
-    ]
+    assert _run("receive") == []
 
 
 def test_flush_sends_held_messages():
-    held, got = _run("flush")
-    assert held == []
-    assert [message[1] for _, message in got] == list(range(COUNT))
+    assert _run("flush") == []
+
+
+def test_messages_leave_without_a_receive_once_the_hold_has_passed():
+    held = _run("hold")
+    # As many as the pipe took, from the first, before any receive.
+    assert held
+    assert [message[1] for _, message in held] == list(range(len(held)))
