@@ -19,7 +19,7 @@ import operator
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _protocol as P
@@ -531,16 +531,7 @@ class StageInstance:
         emitter = self._route_only
         assert emitter is not None
         try:
-            keys = list(map(emitter.extract, values))  # type: ignore[arg-type]
-            dests = list(map(emitter.cache.get, keys))
-            if None in keys:
-                raise _KeyProblem("a key is None")
-            if None in dests:
-                for position, dest in enumerate(dests):
-                    if dest is None:
-                        dests[position] = emitter._route(
-                            keys[position], values[position]
-                        )
+            keys, dests = self._keys_and(values, emitter.cache, emitter._route)
         except Exception:
             self._route_each(idxs, values)
             return
@@ -564,31 +555,53 @@ class StageInstance:
         """Route record by record, reporting each failing record."""
         emitter = self._route_only
         assert emitter is not None
-        extract, cache = emitter.extract, emitter.cache
         batches = emitter.batches
-        idx_lists = [batch.idxs for batch in batches]
-        key_lists = [batch.keys for batch in batches]
-        value_lists = [batch.values for batch in batches]
-        positions = list(idxs)
-        start = 0
-        while start < len(values):
-            position = start
-            try:
-                for position in range(start, len(values)):
-                    value = values[position]
-                    key = extract(value)  # type: ignore[misc]
-                    dest = cache.get(key)
-                    if dest is None:
-                        dest = emitter._route(key, value)
-                    idx_lists[dest].append(positions[position])
-                    key_lists[dest].append(key)
-                    value_lists[dest].append(value)
-                start = len(values)
-            except Exception as err:
-                self.current.idx = positions[position]
-                self._on_error(err, None, values[position])
-                start = position + 1
+        for idx, key, dest, value in self._each_keyed(idxs, values, True):
+            batch = batches[dest]
+            batch.idxs.append(idx)
+            batch.keys.append(key)
+            batch.values.append(value)
         emitter.count += len(values)
+
+    def _keys_and(
+        self,
+        values: list[Any],
+        table: dict[Any, Any],
+        miss: Callable[[Any, Any], Any],
+    ) -> tuple[list[Any], list[Any]]:
+        """Each record's key, and what ``table`` holds for that key.
+
+        ``miss(key, record)`` gives what ``table`` lacks (keys not seen
+        yet, or a None key, for which it raises). Raises on any record
+        that cannot be keyed; the callers then go record by record.
+        """
+        keys = list(map(self._route_only.extract, values))  # type: ignore[union-attr,arg-type]
+        found = list(map(table.get, keys))
+        if None in found:
+            for position, item in enumerate(found):
+                if item is None:
+                    found[position] = miss(keys[position], values[position])
+        return keys, found
+
+    def _each_keyed(
+        self, idxs: Any, values: list[Any], report: bool
+    ) -> Iterator[tuple[int, Any, int, Any]]:
+        """(idx, key, worker, record) for each record that can be keyed;
+        one that cannot is reported when ``report``, and left out."""
+        emitter = self._route_only
+        assert emitter is not None
+        for idx, value in zip(idxs, values, strict=True):
+            try:
+                key = emitter.extract(value)  # type: ignore[misc]
+                dest = emitter.cache.get(key)
+                if dest is None:
+                    dest = emitter._route(key, value)
+            except Exception as err:
+                if report:
+                    self.current.idx = idx
+                    self._on_error(err, None, value)
+                continue
+            yield idx, key, dest, value
 
     def feed(self, tick: int, values: list[Any]) -> None:
         """Process one tick handed over in-process (the driver's head)."""
@@ -645,24 +658,22 @@ class StageInstance:
         """
         emitter = self._route_only
         assert emitter is not None
-        mine_of = self._mine
         try:
-            keys = list(map(emitter.extract, values))  # type: ignore[arg-type]
-            mine = list(map(mine_of.get, keys))
-            if None in mine:  # keys not seen yet, or a None key
-                if len(mine_of) >= _ROUTE_CACHE:
-                    mine_of.clear()
-                for position, flag in enumerate(mine):
-                    if flag is None:
-                        key = keys[position]
-                        dest = emitter._route(key, values[position])
-                        mine[position] = mine_of[key] = dest == self.host
+            keys, mine = self._keys_and(values, self._mine, self._is_mine)
         except Exception:
             return self._keep_own_each(tick, offsets, values)
         idxs = list(itertools.compress(offsets, mine))
         emitter.count += len(idxs)
         kept_keys = list(itertools.compress(keys, mine))
         return idxs, kept_keys, list(itertools.compress(values, mine))
+
+    def _is_mine(self, key: Any, value: Any) -> bool:
+        """Whether this worker owns ``key``; remembered in ``_mine``."""
+        dest = self._route_only._route(key, value)  # type: ignore[union-attr]
+        if len(self._mine) >= _ROUTE_CACHE:
+            self._mine.clear()
+        mine = self._mine[key] = dest == self.host
+        return mine
 
     def _keep_own_each(
         self, tick: int, offsets: Any, values: list[Any]
@@ -674,23 +685,14 @@ class StageInstance:
         idxs: list[int] = []
         keys: list[Any] = []
         kept: list[Any] = []
-        for offset, value in zip(offsets, values, strict=True):
-            try:
-                key = emitter.extract(value)  # type: ignore[misc]
-                dest = emitter.cache.get(key)
-                if dest is None:
-                    dest = emitter._route(key, value)
-            except Exception as err:
-                if reports:
-                    emitter.count += 1
-                    self.current.idx = offset
-                    self._on_error(err, None, value)
-                continue
+        keyed = 0
+        for idx, key, dest, value in self._each_keyed(offsets, values, reports):
+            keyed += 1
             if dest == self.host:
-                idxs.append(offset)
+                idxs.append(idx)
                 keys.append(key)
                 kept.append(value)
-        emitter.count += len(idxs)
+        emitter.count += len(idxs) + (len(values) - keyed if reports else 0)
         return idxs, keys, kept
 
     def barrier(self, checkpoint: int, tick: int) -> None:

@@ -48,7 +48,7 @@ class WorkerOptions:
         #: its records; the worker reads them itself (P.SLICE, P.RANGE).
         self.scan = scan
         #: Where to write this worker's profile, with ``{me}`` for its
-        #: index; None: not profiled (see ``_driver.profile_paths``).
+        #: index; None: not profiled (see ``Driver._worker_profile``).
         self.profile = profile
 
 
