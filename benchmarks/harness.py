@@ -624,9 +624,11 @@ class Bench:
             return self._bytewax_commands(variant)
         workers = ["--workers", str(variant.workers)] if variant.workers else []
         script = str(self.suite / "sage_job.py")
-        command = [sys.executable, "-m", "sage_mp", "run", *workers, script, *common]
-        # The script also needs the count, for its sink's parallelism.
-        command += workers
+        # After "--" every word is the script's own, even those that
+        # `run` also takes: the script needs the worker count for its
+        # sink's parallelism, and sets up checkpoints as a user would.
+        command = [sys.executable, "-m", "sage_mp", "run", *workers, script, "--"]
+        command += [*common, *workers]
         if checkpoint_dir:
             command += ["--checkpoint-dir", checkpoint_dir]
         if extra:

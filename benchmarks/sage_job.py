@@ -1,6 +1,6 @@
 """The benchmark workloads as sage_mp jobs, run the way users run jobs.
 
-    python -m sage_mp run --workers 2 benchmarks/sage_job.py light --workers 2
+    python -m sage_mp run --workers 2 benchmarks/sage_job.py -- light --workers 2
 
 The harness (``python -m sage_mp bench``) starts this script once per
 measured run and reads the ``BENCH_RESULT`` line it prints. The

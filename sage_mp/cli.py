@@ -40,9 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a job script",
         description="Run a job script; flags override what the script sets.",
+        # A script's own --work or --log must reach the script, not be
+        # read as an abbreviation of --workers or --log-level.
+        allow_abbrev=False,
     )
     run.add_argument(
         "script",
+        # Optional to argparse only: "run -- job.py" names it after the
+        # "--", which main() splits off first; main() insists on it.
+        nargs="?",
         help="path of the Python job script to run; arguments that are not "
         "options of `run` (and everything after --) go to the script as "
         "sys.argv[1:]",
@@ -205,12 +211,25 @@ def _positive_float(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "run":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra and extra[0] == "--":
-        extra = extra[1:]
-    args.script_args = extra
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" goes to the script as it is:
+    # argparse alone drops that "--" in some positions and not others.
+    passed: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, passed = words[:cut], words[cut + 1 :]
+    args, extra = parser.parse_known_args(words)
+    if args.command != "run":
+        if extra or passed:
+            parser.error(f"unrecognized arguments: {' '.join(extra + passed)}")
+    elif args.script is None:
+        if not passed:
+            parser.error(
+                "run needs the path of a job script: python -m sage_mp run "
+                "[options] job.py [the script's arguments]"
+            )
+        args.script = passed.pop(0)
+    args.script_args = extra + passed
     if args.command == "run":
         code = _run(parser, args)
         # Interpreter shutdown runs a full garbage collection over every

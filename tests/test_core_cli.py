@@ -125,8 +125,21 @@ def test_script_without_pipeline_fails_with_a_message(tmp_path):
     assert "built no pipeline" in done.stderr
 
 
-def test_script_arguments_reach_the_script(tmp_path):
-    """Arguments after the script path become the script's sys.argv[1:]."""
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["SCRIPT", "a", "b c"], ["a", "b c"]),
+        # Not abbreviations of --workers or --log-level: the script's own.
+        (["SCRIPT", "--work", "3", "--log", "x"], ["--work", "3", "--log", "x"]),
+        # After the first "--" everything is the script's, even run's flags
+        # and a second "--".
+        (["SCRIPT", "a", "--", "--workers", "3"], ["a", "--workers", "3"]),
+        (["SCRIPT", "--", "a", "--", "b"], ["a", "--", "b"]),
+        (["--", "SCRIPT", "a", "--workers", "3"], ["a", "--workers", "3"]),
+    ],
+)
+def test_script_arguments_reach_the_script(words, expected, tmp_path):
+    """Arguments that are not run's own become the script's sys.argv[1:]."""
     script = write_script(
         tmp_path / "args.py",
         """
@@ -135,14 +148,23 @@ def test_script_arguments_reach_the_script(tmp_path):
         print("argv", sys.argv[1:])
         env = LocalEnvironment("args", workers=1)
         env.from_collection([1]).sink(lambda n: None)
-        env.submit(autostop=True)
+        print("workers", env.submit(autostop=True).workers)
         """,
     )
+    words = [str(script) if word == "SCRIPT" else word for word in words]
 
-    done = run_python(["-m", "sage_mp", "run", str(script), "a", "b c"], cwd=tmp_path)
+    done = run_python(["-m", "sage_mp", "run", *words], cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr
-    assert "argv ['a', 'b c']" in done.stdout
+    assert f"argv {expected!r}" in done.stdout
+    assert "workers 1" in done.stdout
+
+
+def test_run_without_a_script_says_what_it_needs(tmp_path):
+    done = run_python(["-m", "sage_mp", "run", "--workers", "2"], cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert "run needs the path of a job script" in done.stderr
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "many"])

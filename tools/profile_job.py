@@ -79,7 +79,7 @@ def job_command(args: argparse.Namespace, out: str) -> list[str]:
     workers = ["--workers", str(args.workers)] if args.workers else []
     command += workers
     if args.script:
-        return [*command, args.script, *args.script_args]
+        return [*command, args.script, "--", *args.script_args]
     loops = args.loops
     if args.workload == "heavy" and not loops:
         sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -88,7 +88,7 @@ def job_command(args: argparse.Namespace, out: str) -> list[str]:
         loops = workloads.calibrate_loops()[0]
     script = str(ROOT / "benchmarks" / "sage_job.py")
     job = [args.workload, "--size", str(args.size), "--loops", str(loops)]
-    return [*command, script, *job, *workers]
+    return [*command, script, "--", *job, *workers]
 
 
 def main(argv: list[str] | None = None) -> int:
