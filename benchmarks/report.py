@@ -10,6 +10,7 @@ table, the JSON-ready summary, the history line and the chart.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -265,6 +266,12 @@ def evaluate_targets(
     return results
 
 
+def _x(ratio: float) -> str:
+    """A ratio cut, not rounded, to two decimals: 1.697 misses a goal of
+    1.7, so it must not print as 1.70."""
+    return f"{math.floor(ratio * 100 + 1e-9) / 100:.2f}x"
+
+
 def build_targets(most: int, least: int) -> list[Target]:
     sage_most, sage_least = f"sage_mp {most}w", f"sage_mp {least}w"
 
@@ -277,7 +284,7 @@ def build_targets(most: int, least: int) -> list[Target]:
         fastest_in = min(peers, key=lambda r: r["run_s"])
         ratio = best["job_s"] / mine["job_s"]
         inner = fastest_in["run_s"] / mine["run_s"]
-        return ratio, f"{ratio:.2f}x vs {best['label']} (in-process {inner:.2f}x)"
+        return ratio, f"{_x(ratio)} vs {best['label']} (in-process {_x(inner)})"
 
     def speedup(workload: str, over: str) -> Callable[..., tuple[float | None, str]]:
         def check(w: dict[str, dict[str, Any]]) -> tuple[float | None, str]:
@@ -286,13 +293,13 @@ def build_targets(most: int, least: int) -> list[Target]:
                 return None, f"needs {workload}: {sage_most} and {over}"
             ratio = base["job_s"] / mine["job_s"]
             inner = base["run_s"] / mine["run_s"] if mine["run_s"] else 0.0
-            text = f"{ratio:.2f}x (in-process {inner:.2f}x"
+            text = f"{_x(ratio)} (in-process {_x(inner)}"
             ceiling = _find(w, workload, f"plain loop x{most} (ceiling)")
             if over == "plain loop" and ceiling is not None and ceiling["job_s"]:
                 # The goal stays the verdict; the ceiling says how much of
                 # it this machine could give in this run.
                 text += (
-                    f"; the ceiling row reached {base['job_s'] / ceiling['job_s']:.2f}x"
+                    f"; the ceiling row reached {_x(base['job_s'] / ceiling['job_s'])}"
                 )
             return ratio, text + ")"
 
@@ -304,7 +311,7 @@ def build_targets(most: int, least: int) -> list[Target]:
         if mine is None or base is None:
             return None, _unavailable(w, "checkpointed")
         ratio = base["job_s"] / mine["job_s"]
-        return ratio, f"{ratio:.2f}x of light without checkpoints"
+        return ratio, f"{_x(ratio)} of light without checkpoints"
 
     def latency(w: dict[str, dict[str, Any]]) -> tuple[float | None, str]:
         mine = _find(w, "latency", sage_most)

@@ -163,3 +163,32 @@ def test_run_profile_keeps_every_job_and_reports_only_this_run(
     assert "== merged (3 processes)" in second.stderr
     assert "== other-2.driver.prof" in second.stderr
     assert "== other.driver.prof" not in second.stderr
+
+
+def test_a_target_ratio_just_under_its_goal_never_prints_as_the_goal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1.697x misses a goal of 1.7x; printed rounded it read "1.70x MISS"."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import report
+
+    def row(label: str, job_s: float) -> dict[str, object]:
+        return {"label": label, "ok": True, "job_s": job_s, "run_s": job_s}
+
+    heavy = {
+        "name": "heavy",
+        "variants": [
+            row("plain loop", 1.697),
+            row("plain loop x2 (ceiling)", 0.9),
+            row("sage_mp 1w", 1.81),
+            row("sage_mp 2w", 1.0),
+        ],
+    }
+    targets = {t["target"]: t for t in report.evaluate_targets([heavy], [1, 2])}
+
+    vs_plain = targets["heavy: sage_mp 2w vs plain loop"]
+    assert vs_plain["result"] == "MISS"
+    assert vs_plain["measured"].startswith("1.69x (in-process 1.69x;")
+    vs_one = targets["heavy: sage_mp 2w vs sage_mp 1w"]
+    assert vs_one["result"] == "PASS"
+    assert vs_one["measured"].startswith("1.81x ")
