@@ -1001,7 +1001,7 @@ def none_positions(items: Sequence[Any]) -> list[int]:
     changes copies a memory page the workers share, and the driver's
     CPU comes out of theirs (light on 2 workers, 1,000,000 records:
     the pass takes about 25 ms, and the driver's CPU fell from 0.15 s
-    to 0.08 s).
+    to 0.11 s with the pass included).
     """
     if isinstance(items, range):
         return []
