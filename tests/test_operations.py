@@ -475,6 +475,27 @@ def test_busy_time_goes_to_the_operator_that_works(tmp_path):
     assert busy["heavy"] > 2 * busy["light"], busy
 
 
+def test_operator_sampler_slows_down_after_its_first_samples():
+    """The sampler's schedule: FAST_SAMPLES looks at INTERVAL, then slower."""
+    from sage_mp._metrics import OperatorSampler
+
+    sampler = OperatorSampler({})
+    waits: list[float] = []
+
+    class Halt:
+        def wait(self, timeout: float) -> bool:
+            waits.append(timeout)
+            return len(waits) > 80
+
+    sampler._halt = Halt()  # type: ignore[assignment]
+    sampler._run()
+
+    fast = OperatorSampler.FAST_SAMPLES
+    assert OperatorSampler.SLOW_INTERVAL > OperatorSampler.INTERVAL
+    assert waits[:fast] == [OperatorSampler.INTERVAL] * fast
+    assert waits[fast:] == [OperatorSampler.SLOW_INTERVAL] * (len(waits) - fast)
+
+
 # --- logs ---------------------------------------------------------------
 
 TALKING_JOB = """
