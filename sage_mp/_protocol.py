@@ -45,12 +45,13 @@ Control plane, worker -> driver:
     The worker's snapshot for ``checkpoint_id`` is durable.
 ``("failed", report)``
     The worker stops because of ``report`` (a :class:`FailureReport`).
-``("kept", tick, count)``
+``("kept", tick, count, positions)``
     Sent by a stage 0 instance that reads every ``range``, at each
     barrier and at the end: how many of this run's records before
     ``tick`` it kept as its own, plus the unkeyable ones it reported
     (a tick's key errors are reported by worker ``tick % workers``
-    only). The driver checks that the workers' counts add up to the
+    only), and the sum of those records' positions in the collection.
+    The driver checks that the workers' counts and sums add up to the
     records it sent.
 ``("dead", letter)``
     A record was skipped under the skip policy (a dict, see errors).

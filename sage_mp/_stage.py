@@ -293,8 +293,10 @@ class StageInstance:
         #: routes ranges of it itself (see P.RANGE).
         self.collection: Any = None
         #: Records this run kept as its own, or reported as unkeyable,
-        #: when it reads every tick (see P.KEPT).
+        #: when it reads every tick, and the sum of their positions in
+        #: the collection (see P.KEPT).
         self.kept = 0
+        self.kept_at = 0
         self._mine: dict[Any, bool] = {}
 
         self.previous_route = (
@@ -625,9 +627,11 @@ class StageInstance:
         emitter = self._route_only
         assert emitter is not None
         if self.plan.reads_all:
-            counted = emitter.count
-            idxs, keys, kept = self._keep_own(tick, offsets, values)
-            self.kept += emitter.count - counted
+            before = emitter.count
+            idxs, keys, kept, at = self._keep_own(tick, offsets, values)
+            counted = emitter.count - before
+            self.kept += counted
+            self.kept_at += start * counted + at
             self.records_in += len(idxs)
             # To this process's next stage: the records travel as they
             # are, unpickled, with no need to read them again.
@@ -648,9 +652,9 @@ class StageInstance:
 
     def _keep_own(
         self, tick: int, offsets: Any, values: list[Any]
-    ) -> tuple[list[int], list[Any], list[Any]]:
+    ) -> tuple[list[int], list[Any], list[Any], int]:
         """The offsets, keys and values of the records of a tick this
-        worker owns.
+        worker owns, and the sum of the offsets it counted.
 
         Every worker reads every tick (see ``StagePlan.reads_all``), so
         a record whose key cannot be extracted is reported, and counted
@@ -665,7 +669,7 @@ class StageInstance:
         idxs = list(itertools.compress(offsets, mine))
         emitter.count += len(idxs)
         kept_keys = list(itertools.compress(keys, mine))
-        return idxs, kept_keys, list(itertools.compress(values, mine))
+        return idxs, kept_keys, list(itertools.compress(values, mine)), sum(idxs)
 
     def _is_mine(self, key: Any, value: Any) -> bool:
         """Whether this worker owns ``key``; remembered in ``_mine``."""
@@ -677,7 +681,7 @@ class StageInstance:
 
     def _keep_own_each(
         self, tick: int, offsets: Any, values: list[Any]
-    ) -> tuple[list[int], list[Any], list[Any]]:
+    ) -> tuple[list[int], list[Any], list[Any], int]:
         """Like :meth:`_keep_own`, record by record, reporting failures."""
         emitter = self._route_only
         assert emitter is not None
@@ -685,15 +689,20 @@ class StageInstance:
         idxs: list[int] = []
         keys: list[Any] = []
         kept: list[Any] = []
-        keyed = 0
+        keyed = keyed_at = 0
         for idx, key, dest, value in self._each_keyed(offsets, values, reports):
             keyed += 1
+            keyed_at += idx
             if dest == self.host:
                 idxs.append(idx)
                 keys.append(key)
                 kept.append(value)
-        emitter.count += len(idxs) + (len(values) - keyed if reports else 0)
-        return idxs, keys, kept
+        at = sum(idxs)
+        emitter.count += len(idxs)
+        if reports:  # The records that could not be keyed count here.
+            emitter.count += len(values) - keyed
+            at += sum(offsets) - keyed_at
+        return idxs, keys, kept, at
 
     def barrier(self, checkpoint: int, tick: int) -> None:
         """Cut checkpoint ``checkpoint`` before ``tick`` (in-process)."""
@@ -719,7 +728,7 @@ class StageInstance:
 
     def _snapshot(self, checkpoint: int, tick: int) -> None:
         if self.plan.reads_all:
-            self.send(DRIVER, (P.KEPT, tick, self.kept))
+            self.send(DRIVER, (P.KEPT, tick, self.kept, self.kept_at))
         self.last_barrier = max(self.last_barrier, checkpoint)
         if self.on_barrier is not None:
             self.on_barrier(self, checkpoint)
@@ -732,7 +741,7 @@ class StageInstance:
         self.close_functions()
         self.finished = True
         if self.plan.reads_all:
-            self.send(DRIVER, (P.KEPT, self.end_tick, self.kept))
+            self.send(DRIVER, (P.KEPT, self.end_tick, self.kept, self.kept_at))
         self._forward((P.END, self.index + 1, self.end_tick))
 
     def close_functions(self) -> None:

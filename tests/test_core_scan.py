@@ -23,12 +23,14 @@ from helpers import WORKERS, driver_sink, make_events
 
 from sage_mp import (
     JobFailed,
+    KeyByFunction,
     LocalEnvironment,
     MapFunction,
     StatefulFunction,
     UserFunctionError,
 )
 from sage_mp._driver import SCAN_ROUTING_ENV, scan_mode
+from sage_mp._partition import key_group, worker_for_group
 
 
 @pytest.fixture(params=["driver", "dealt", "every"], autouse=True)
@@ -285,4 +287,55 @@ def test_key_extractor_that_differs_by_process_fails_before_a_checkpoint(
     assert f"{SCAN_ROUTING_ENV}=driver" in text
     manifest = json.loads((directory / "MANIFEST.json").read_text())
     # Not one committed checkpoint covers a record.
+    assert [entry["tick"] for entry in manifest["checkpoints"]] in ([], [0])
+
+
+def _owned_by(worker: int, workers: int = 2) -> str:
+    return next(
+        key
+        for key in (f"k{n}" for n in range(1000))
+        if worker_for_group(key_group(key), workers) == worker
+    )
+
+
+class _DoublesAsManyAsItLoses(KeyByFunction):
+    """Agrees across processes on half the records. Of the rest, each
+    worker claims one quarter for itself and hands the other quarter
+    to its peer: those are kept twice and never, equally many."""
+
+    def execute(self, event):
+        me = self.ctx.parallel_index
+        which = event["gseq"] % 4
+        if which == 0:
+            return _owned_by(0)
+        if which == 1:
+            return _owned_by(1)
+        return _owned_by(me if which == 2 else 1 - me)
+
+
+def test_key_extractor_that_doubles_as_many_records_as_it_loses_fails(
+    routing, tmp_path
+):
+    """Counts that add up do not hide records kept twice and never."""
+    if routing != "every":
+        pytest.skip("each record is keyed once: nothing can disagree")
+    directory = tmp_path / "ckpt"
+    env = LocalEnvironment(
+        "scan-balanced",
+        workers=2,
+        batch_size=100,
+        checkpoint_dir=str(directory),
+        checkpoint_interval=0.01,
+    )
+    events = make_events(4_000, users=50)
+    env.from_collection(events).keyby(_DoublesAsManyAsItLoses, name="by_half").map(
+        Numbered
+    ).sink(driver_sink())
+    with pytest.raises(JobFailed) as caught:
+        env.submit(autostop=True)
+
+    text = str(caught.value)
+    assert "key extractor 'by_half' is not deterministic" in text
+    assert "as many as were sent, but some of them twice and others not" in text
+    manifest = json.loads((directory / "MANIFEST.json").read_text())
     assert [entry["tick"] for entry in manifest["checkpoints"]] in ([], [0])
