@@ -751,7 +751,8 @@ class Driver:
         self._maybe_commit()
 
     def _note_sent(self, tick: int) -> None:
-        """Remember how many records this run sent before ``tick``."""
+        """Remember how many records this run sent before ``tick``, and
+        the sum of their positions in the collection."""
         if self._scan == "every":
             sent = self._records - self._records_at_open
             self._sent_before[tick] = (sent, self._sent_at)
