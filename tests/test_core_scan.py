@@ -261,33 +261,39 @@ def _per_process_key(event):
     return f"{event['user']}@{os.getpid()}"
 
 
+def _run_with_extractor(tmp_path, extractor, name, events):
+    """Run an every-worker-keys job with checkpoints that must fail;
+    return the error's text and the ticks of the committed checkpoints."""
+    directory = tmp_path / "ckpt"
+    env = LocalEnvironment(
+        f"scan-{name}",
+        workers=2,
+        batch_size=100,
+        checkpoint_dir=str(directory),
+        checkpoint_interval=0.01,
+    )
+    env.from_collection(events).keyby(extractor, name=name).map(Numbered).sink(
+        driver_sink()
+    )
+    with pytest.raises(JobFailed) as caught:
+        env.submit(autostop=True)
+    manifest = json.loads((directory / "MANIFEST.json").read_text())
+    return str(caught.value), [entry["tick"] for entry in manifest["checkpoints"]]
+
+
 def test_key_extractor_that_differs_by_process_fails_before_a_checkpoint(
     routing, tmp_path
 ):
     """Workers that disagree on a record's key fail the job, not its data."""
     if routing != "every":
         pytest.skip("each record is keyed once: nothing can disagree")
-    directory = tmp_path / "ckpt"
-    env = LocalEnvironment(
-        "scan-nondeterministic",
-        workers=2,
-        batch_size=100,
-        checkpoint_dir=str(directory),
-        checkpoint_interval=0.01,
-    )
     events = make_events(20_000, users=50)
-    env.from_collection(events).keyby(_per_process_key, name="by_pid").map(
-        Numbered
-    ).sink(driver_sink())
-    with pytest.raises(JobFailed) as caught:
-        env.submit(autostop=True)
+    text, ticks = _run_with_extractor(tmp_path, _per_process_key, "by_pid", events)
 
-    text = str(caught.value)
     assert "key extractor 'by_pid' is not deterministic" in text
     assert f"{SCAN_ROUTING_ENV}=driver" in text
-    manifest = json.loads((directory / "MANIFEST.json").read_text())
     # Not one committed checkpoint covers a record.
-    assert [entry["tick"] for entry in manifest["checkpoints"]] in ([], [0])
+    assert ticks in ([], [0])
 
 
 def _owned_by(worker: int, workers: int = 2) -> str:
@@ -298,6 +304,10 @@ def _owned_by(worker: int, workers: int = 2) -> str:
     )
 
 
+#: A key that worker 0 owns and one that worker 1 owns, on 2 workers.
+_OWNED = (_owned_by(0), _owned_by(1))
+
+
 class _DoublesAsManyAsItLoses(KeyByFunction):
     """Agrees across processes on half the records. Of the rest, each
     worker claims one quarter for itself and hands the other quarter
@@ -306,11 +316,9 @@ class _DoublesAsManyAsItLoses(KeyByFunction):
     def execute(self, event):
         me = self.ctx.parallel_index
         which = event["gseq"] % 4
-        if which == 0:
-            return _owned_by(0)
-        if which == 1:
-            return _owned_by(1)
-        return _owned_by(me if which == 2 else 1 - me)
+        if which < 2:
+            return _OWNED[which]
+        return _OWNED[me if which == 2 else 1 - me]
 
 
 def test_key_extractor_that_doubles_as_many_records_as_it_loses_fails(
@@ -319,23 +327,11 @@ def test_key_extractor_that_doubles_as_many_records_as_it_loses_fails(
     """Counts that add up do not hide records kept twice and never."""
     if routing != "every":
         pytest.skip("each record is keyed once: nothing can disagree")
-    directory = tmp_path / "ckpt"
-    env = LocalEnvironment(
-        "scan-balanced",
-        workers=2,
-        batch_size=100,
-        checkpoint_dir=str(directory),
-        checkpoint_interval=0.01,
-    )
     events = make_events(4_000, users=50)
-    env.from_collection(events).keyby(_DoublesAsManyAsItLoses, name="by_half").map(
-        Numbered
-    ).sink(driver_sink())
-    with pytest.raises(JobFailed) as caught:
-        env.submit(autostop=True)
+    text, ticks = _run_with_extractor(
+        tmp_path, _DoublesAsManyAsItLoses, "by_half", events
+    )
 
-    text = str(caught.value)
     assert "key extractor 'by_half' is not deterministic" in text
     assert "as many as were sent, but some of them twice and others not" in text
-    manifest = json.loads((directory / "MANIFEST.json").read_text())
-    assert [entry["tick"] for entry in manifest["checkpoints"]] in ([], [0])
+    assert ticks in ([], [0])
