@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import history
 import report
 import workloads as W
 
@@ -83,9 +84,22 @@ def write_outputs(
         print(f"wrote {args.chart}", file=sys.stderr)
     if args.record:
         path = suite / "history.jsonl"
+        entry = report.history_entry(result)
         with path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(report.history_entry(result)) + "\n")
+            out.write(json.dumps(entry) + "\n")
         print(f"appended to {path}", file=sys.stderr)
+        print(_against_history(path, entry), file=sys.stderr)
+
+
+def _against_history(path: Path, entry: dict[str, Any]) -> str:
+    """This run set against the recorded runs before it."""
+    try:
+        runs, _ = history.load(path)
+    except history.HistoryError as err:
+        return str(err)
+    mine = history.parse_entry(entry, 0)
+    earlier = [r for r in runs if (r.machine, r.size) == (mine.machine, mine.size)]
+    return history.verdict(earlier[:-1], mine)
 
 
 # --- machine and peers ----------------------------------------------------

@@ -233,6 +233,8 @@ class Target:
     goal: str
     check: Callable[[dict[str, dict[str, Any]]], tuple[float | None, str]]
     passes: Callable[[float], bool]
+    #: A column heading for ``--history``.
+    short: str = ""
 
 
 def _find(
@@ -346,33 +348,50 @@ def build_targets(most: int, least: int) -> list[Target]:
             ">= 3x",
             light_vs_bytewax,
             lambda v: v >= 3.0,
+            f"light {most}w vs Bytewax",
         ),
         Target(
             f"heavy: {sage_most} vs {sage_least}",
             ">= 1.8x",
             speedup("heavy", sage_least),
             lambda v: v >= 1.8,
+            f"heavy {most}w vs {least}w",
         ),
         Target(
             f"heavy: {sage_most} vs plain loop",
             ">= 1.7x",
             speedup("heavy", "plain loop"),
             lambda v: v >= 1.7,
+            f"heavy {most}w vs plain",
         ),
-        Target("checkpointed vs light", ">= 0.9x", checkpointed, lambda v: v >= 0.9),
-        Target("latency p99", "< 50 ms", latency, lambda v: v < 50.0),
+        Target(
+            "checkpointed vs light",
+            ">= 0.9x",
+            checkpointed,
+            lambda v: v >= 0.9,
+            "checkpointed",
+        ),
+        Target("latency p99", "< 50 ms", latency, lambda v: v < 50.0, "p99"),
         Target(
             "big-state checkpoint pause per worker",
             "< 100 ms",
             pause,
             lambda v: v < 100.0,
+            "big-state pause",
         ),
-        Target("memory: peak RSS per process", "< 300 MB", memory, lambda v: v < 300.0),
+        Target(
+            "memory: peak RSS per process",
+            "< 300 MB",
+            memory,
+            lambda v: v < 300.0,
+            "peak RSS",
+        ),
         Target(
             "startup: trivial job via python -m sage_mp run",
             "< 1 s",
             startup,
             lambda v: v < 1.0,
+            "startup",
         ),
     ]
 
@@ -575,6 +594,11 @@ def history_entry(report: dict[str, Any]) -> dict[str, Any]:
         "targets": {
             t["target"]: [t["measured"], t["result"]] for t in report["targets"]
         },
+        # The figures uncut, and what they are held to, for --history.
+        "values": {
+            t["target"]: t["value"] for t in report["targets"] if t["value"] is not None
+        },
+        "goals": {t["target"]: t["goal"] for t in report["targets"]},
     }
 
 

@@ -95,6 +95,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="append this run's summary to history.jsonl in the suite folder",
     )
     parser.add_argument(
+        "--history",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="run nothing; print the runs recorded in history.jsonl (or FILE) "
+        "as one table per machine and size, marking every figure that is "
+        "worse than the median of the runs before it",
+    )
+    parser.add_argument(
         "--suite",
         metavar="DIR",
         help="folder holding the workload job scripts (default: the "
@@ -158,8 +167,23 @@ def main(args: argparse.Namespace) -> int:
     # The suite's modules import one another by name, as its job
     # scripts do when they run from that folder.
     sys.path.insert(0, str(suite))
+    if args.history is not None:
+        return _show_history(Path(args.history or suite / "history.jsonl"))
     harness = importlib.import_module("harness")
     return int(harness.run_suite(args, suite))
+
+
+def _show_history(path: Path) -> int:
+    history = importlib.import_module("history")
+    try:
+        runs, warnings = history.load(path)
+    except history.HistoryError as err:
+        print(f"sage_mp bench: {err}", file=sys.stderr)
+        return 2
+    for warning in warnings:
+        print(f"sage_mp bench: {warning}", file=sys.stderr)
+    print(history.render(runs))
+    return 0
 
 
 def find_suite(explicit: str | None) -> Path | None:
