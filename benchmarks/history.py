@@ -324,4 +324,9 @@ def verdict(earlier: list[Run], run: Run) -> str:
         f"over {m.runs} runs"
         for m in found
     )
-    return f"Newest run, {when}: REGRESSION: {worse}."
+    count = "1 figure is" if len(found) == 1 else f"{len(found)} figures are"
+    return (
+        f"Newest run, {when}: {count} more than {TOLERANCE:.0%} worse than the "
+        f"median of the runs before it: {worse}. Run again to tell a "
+        "regression from a slow spell of the host."
+    )

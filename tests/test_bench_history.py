@@ -99,8 +99,9 @@ def test_a_figure_well_below_its_recent_median_is_marked(
     assert "abc1234" in last
     assert all("▼" not in row for row in table_rows(text)[:-1])
     assert (
-        "REGRESSION: heavy: sage_mp 2w vs plain loop 1.50x against a median "
-        "of 1.80x over 5 runs" in text
+        "3 figures are more than 10% worse than the median of the runs before "
+        "it: heavy: sage_mp 2w vs plain loop 1.50x against a median of 1.80x "
+        "over 5 runs" in text
     )
     assert "latency p99 6.0 ms against a median of 4.0 ms" in text
     # The ceiling share is its own column: 1.5 of a ceiling of 2.0.
@@ -207,7 +208,7 @@ def test_the_cli_skips_bad_lines_and_says_which_and_why(tmp_path: Path) -> None:
     assert f"{path}:5: skipped" in errors[2] and "no 'targets'" in errors[2]
     assert all("fix or delete that line" in e for e in errors)
     assert len(table_rows(done.stdout)) == 3
-    assert "REGRESSION" in done.stdout
+    assert "2 figures are more than 10% worse" in done.stdout
 
 
 def test_the_cli_says_where_it_looked_when_there_is_no_history(tmp_path: Path) -> None:
@@ -247,7 +248,7 @@ def test_recording_a_run_prints_how_it_compares(tmp_path: Path, history: Any) ->
     with path.open("a") as out:
         out.write(json.dumps(newest) + "\n")
     said = harness._against_history(path, newest)
-    assert said.startswith("Newest run, 2026-12-04 10:05 (abc1234): REGRESSION:")
+    assert said.startswith("Newest run, 2026-12-04 10:05 (abc1234): 2 figures are")
     assert "over 4 runs" in said
 
     lone = tmp_path / "lone.jsonl"
