@@ -117,10 +117,21 @@ def _reason(err: Exception) -> str:
 def parse_entry(entry: Any, line: int) -> Run:
     """A ``history.jsonl`` line as a :class:`Run`; raises on bad input."""
     if not isinstance(entry, dict):
-        raise TypeError(f"a JSON {type(entry).__name__}, not an object")
+        raise TypeError(f"a JSON {_json_kind(entry)}, not an object")
     targets = entry["targets"]
-    if not isinstance(targets, dict):
-        raise TypeError("'targets' is not an object")
+    goals = entry.get("goals", {})
+    values = entry.get("values", {})
+    rows = entry.get("rows", [])
+    for key, found, kind in (
+        ("targets", targets, dict),
+        ("goals", goals, dict),
+        ("values", values, dict),
+        ("rows", rows, list),
+    ):
+        if not isinstance(found, kind):
+            raise TypeError(f"{key!r} is a JSON {_json_kind(found)}")
+    if not all(isinstance(row, dict) for row in rows):
+        raise TypeError("'rows' holds something other than objects")
     run = Run(
         line=line,
         date=str(entry["date"]),
@@ -128,9 +139,7 @@ def parse_entry(entry: Any, line: int) -> Run:
         size=float(entry["size"]),
         engine=_engine(str(entry.get("sage_mp", ""))),
     )
-    known = _known_targets(entry.get("rows", []))
-    goals = entry.get("goals", {})
-    values = entry.get("values", {})
+    known = _known_targets(rows)
     for name, recorded in targets.items():
         if not isinstance(recorded, list) or len(recorded) < 2:
             raise TypeError(f"target {name!r} is not [measured, result]")
@@ -145,12 +154,19 @@ def parse_entry(entry: Any, line: int) -> Run:
         target = known.get(name)
         run.goals[name] = str(goals.get(name) or (target.goal if target else ""))
         run.shorts[name] = target.short if target else name
-    share = _ceiling_share(entry.get("rows", []))
+    share = _ceiling_share(rows)
     if share is not None:
         run.figures[SHARE] = (share, "")
         run.goals[SHARE] = ""
         run.shorts[SHARE] = "heavy share of ceiling"
     return run
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "object", list: "list", str: "string", bool: "boolean"}
+    if value is None:
+        return "null"
+    return kinds.get(type(value), "number")
 
 
 def _engine(text: str) -> str:
@@ -315,7 +331,7 @@ def verdict(earlier: list[Run], run: Run) -> str:
     if not found:
         return (
             f"Newest run, {when}: no figure is more than {TOLERANCE:.0%} worse "
-            f"than the median of its last {WINDOW} runs."
+            f"than its median over the {WINDOW} runs before it."
         )
     worse = "; ".join(
         f"{m.target} {_figure(m.value, run.goals.get(m.target, ''), m.target)} "

@@ -110,7 +110,7 @@ def test_a_figure_well_below_its_recent_median_is_marked(
     better = write(tmp_path / "b.jsonl", [*steady, entry(9, 1.81, p99=2.0)])
     text = history.render(history.load(better)[0])
     assert not any("▼" in row for row in table_rows(text))
-    assert "no figure is more than 10% worse than the median of its last 5 runs" in text
+    assert "no figure is more than 10% worse than its median over the 5 runs" in text
 
 
 def test_only_runs_of_the_same_machine_and_size_are_compared(
@@ -188,6 +188,7 @@ def test_the_cli_skips_bad_lines_and_says_which_and_why(tmp_path: Path) -> None:
         out.write("{not json\n")
         out.write("[1, 2]\n")
         out.write(json.dumps({"date": "2026-12-04", "machine": "x", "size": 1}) + "\n")
+        out.write(json.dumps({**entry(3, 1.8), "goals": ["1.7x"]}) + "\n")
         out.write("\n")
         out.write(json.dumps(entry(2, 1.4)) + "\n")
     done = subprocess.run(
@@ -200,12 +201,13 @@ def test_the_cli_skips_bad_lines_and_says_which_and_why(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     errors = done.stderr.splitlines()
-    assert len(errors) == 3, done.stderr
+    assert len(errors) == 4, done.stderr
     assert f"{path}:3: skipped: expected one JSON object" in errors[0]
     assert "'{not json'" in errors[0]
     assert f"{path}:4: skipped" in errors[1]
     assert "a JSON list, not an object" in errors[1]
     assert f"{path}:5: skipped" in errors[2] and "no 'targets'" in errors[2]
+    assert f"{path}:6: skipped" in errors[3] and "'goals' is a JSON list" in errors[3]
     assert all("fix or delete that line" in e for e in errors)
     assert len(table_rows(done.stdout)) == 3
     assert "2 figures are more than 10% worse" in done.stdout
