@@ -85,10 +85,19 @@ def write_outputs(
     if args.record:
         path = suite / "history.jsonl"
         entry = report.history_entry(result)
+        # A last line left without its newline (an edit by hand) must
+        # not swallow this one.
+        cut = path.exists() and path.stat().st_size and not _ends_with_newline(path)
         with path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(entry) + "\n")
+            out.write(("\n" if cut else "") + json.dumps(entry) + "\n")
         print(f"appended to {path}", file=sys.stderr)
         print(_against_history(path, entry), file=sys.stderr)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as data:
+        data.seek(-1, os.SEEK_END)
+        return data.read(1) == b"\n"
 
 
 def _against_history(path: Path, entry: dict[str, Any]) -> str:
@@ -97,7 +106,7 @@ def _against_history(path: Path, entry: dict[str, Any]) -> str:
         runs, _ = history.load(path)
     except history.HistoryError as err:
         return str(err)
-    mine = history.parse_entry(entry, 0)
+    mine = history.parse_entry(entry)
     earlier = [r for r in runs if (r.machine, r.size) == (mine.machine, mine.size)]
     return history.verdict(earlier[:-1], mine)
 

@@ -9,13 +9,14 @@ prints one Markdown table per machine and size: a row per run, oldest
 first, and a column per target. Figures from different machines, or
 from different sizes, are never compared with each other.
 
-A figure is marked as a regression when it is worse than the median of
-the same target over the ``WINDOW`` runs before it (same machine, same
-size) by more than ``TOLERANCE``. A median, not the previous run alone,
-because one slow spell of a shared machine should neither raise a mark
-nor hide the next one. After each table a line says whether the
-newest run has any such mark, and ``--record`` prints the same check
-for the run it has just recorded.
+A figure is marked when it is worse than the median of the same target
+over the ``WINDOW`` runs before it (same machine, same size) by more
+than ``TOLERANCE``. A median, not the previous run alone, because one
+slow spell of a shared machine should neither raise a mark nor hide
+the next one; a mark is a regression only if the next run repeats it.
+After each table a line says whether the newest run has any such
+mark, and ``--record`` prints the same check for the run it has just
+recorded.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ class HistoryError(Exception):
 class Run:
     """One recorded run: where and when, and each target's figure."""
 
-    line: int
     date: str
     machine: str
     size: float
@@ -97,7 +97,7 @@ def load(path: Path) -> tuple[list[Run], list[str]]:
         if not line.strip():
             continue
         try:
-            runs.append(parse_entry(json.loads(line), number))
+            runs.append(parse_entry(json.loads(line)))
         except (ValueError, TypeError, KeyError) as err:
             shown = line if len(line) <= 80 else line[:77] + "..."
             warnings.append(
@@ -114,7 +114,7 @@ def _reason(err: Exception) -> str:
     return str(err)
 
 
-def parse_entry(entry: Any, line: int) -> Run:
+def parse_entry(entry: Any) -> Run:
     """A ``history.jsonl`` line as a :class:`Run`; raises on bad input."""
     if not isinstance(entry, dict):
         raise TypeError(f"a JSON {_json_kind(entry)}, not an object")
@@ -133,7 +133,6 @@ def parse_entry(entry: Any, line: int) -> Run:
     if not all(isinstance(row, dict) for row in rows):
         raise TypeError("'rows' holds something other than objects")
     run = Run(
-        line=line,
         date=str(entry["date"]),
         machine=str(entry["machine"]),
         size=float(entry["size"]),

@@ -71,6 +71,39 @@ def entry(
     }
 
 
+def one_run_summary() -> dict[str, Any]:
+    """What the harness hands ``report.history_entry``, cut down to one
+    heavy target with a ratio just under its goal."""
+    row = {"label": "x", "ok": True, "job_s": 1.0, "throughput": 1.0, "ratio": 1.0}
+    return {
+        "meta": {
+            "date": "2026-12-04T10:00:00+00:00",
+            "machine": {"cpu_model": "Test CPU", "cores": 2},
+            "sage_mp": "0.1.0 (abc1234) from /x",
+            "bytewax": None,
+            "size": 1.0,
+            "repeat": 1,
+        },
+        "workloads": [{"name": "heavy", "variants": [row]}],
+        "targets": [
+            {
+                "target": HEAVY,
+                "goal": ">= 1.7x",
+                "measured": "1.69x (in-process 1.70x)",
+                "value": 1.697,
+                "result": "MISS",
+            },
+            {
+                "target": P99,
+                "goal": "< 50 ms",
+                "measured": "needs latency",
+                "value": None,
+                "result": "not run",
+            },
+        ],
+    }
+
+
 def write(path: Path, entries: list[Any]) -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in entries))
     return path
@@ -141,38 +174,11 @@ def test_a_recorded_line_keeps_the_exact_figure_and_goal(
     targets table: "1.69x MISS", never "1.70x"."""
     import report
 
-    row = {"label": "x", "ok": True, "job_s": 1.0, "throughput": 1.0, "ratio": 1.0}
-    summary = {
-        "meta": {
-            "date": "2026-12-04T10:00:00+00:00",
-            "machine": {"cpu_model": "Test CPU", "cores": 2},
-            "sage_mp": "0.1.0 (abc1234) from /x",
-            "bytewax": None,
-            "size": 1.0,
-            "repeat": 1,
-        },
-        "workloads": [{"name": "heavy", "variants": [row]}],
-        "targets": [
-            {
-                "target": HEAVY,
-                "goal": ">= 1.7x",
-                "measured": "1.69x (in-process 1.70x)",
-                "value": 1.697,
-                "result": "MISS",
-            },
-            {
-                "target": P99,
-                "goal": "< 50 ms",
-                "measured": "needs latency",
-                "value": None,
-                "result": "not run",
-            },
-        ],
-    }
+    summary = one_run_summary()
     line = report.history_entry(summary)
     assert line["values"] == {HEAVY: 1.697}
     assert line["goals"][HEAVY] == ">= 1.7x"
-    run = history.parse_entry(json.loads(json.dumps(line)), 1)
+    run = history.parse_entry(json.loads(json.dumps(line)))
     assert run.figures == {HEAVY: (1.697, "MISS")}
     text = history.render([run])
     assert "| heavy 2w vs plain (>= 1.7x) |" in text
@@ -256,3 +262,27 @@ def test_recording_a_run_prints_how_it_compares(tmp_path: Path, history: Any) ->
     lone = tmp_path / "lone.jsonl"
     write(lone, [newest])
     assert "nothing earlier" in harness._against_history(lone, newest)
+
+
+def test_record_appends_a_whole_line_after_one_left_unfinished(
+    tmp_path: Path, history: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A history file whose last line lost its newline (edited by hand)
+    still gets the new run on a line of its own, and --record says how
+    the run compares."""
+    import argparse
+
+    import harness
+
+    path = tmp_path / "history.jsonl"
+    path.write_text(json.dumps(entry(0, 2.0)) + "\n" + json.dumps(entry(1, 2.0)))
+    args = argparse.Namespace(json=None, chart=None, record=True)
+    harness.write_outputs(args, tmp_path, one_run_summary())
+
+    runs, warnings = history.load(path)
+    assert warnings == []
+    assert [r.engine for r in runs] == ["abc1234"] * 3
+    assert runs[-1].figures["heavy: sage_mp 2w vs plain loop"] == (1.697, "MISS")
+    said = capsys.readouterr().err
+    assert "Newest run, 2026-12-04 10:00 (abc1234): 1 figure is" in said
+    assert "1.69x against a median of 2.00x over 2 runs" in said
