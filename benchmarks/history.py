@@ -328,9 +328,11 @@ def verdict(earlier: list[Run], run: Run) -> str:
         )
     found = marks(earlier, run)
     if not found:
+        count = min(WINDOW, len(earlier))
+        before = "the run" if count == 1 else f"the {count} runs"
         return (
             f"Newest run, {when}: no figure is more than {TOLERANCE:.0%} worse "
-            f"than its median over the {WINDOW} runs before it."
+            f"than its median over {before} before it."
         )
     worse = "; ".join(
         f"{m.target} {_figure(m.value, run.goals.get(m.target, ''), m.target)} "

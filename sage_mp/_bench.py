@@ -100,8 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const="",
         metavar="FILE",
         help="run nothing; print the runs recorded in history.jsonl (or FILE) "
-        "as one table per machine and size, marking every figure that is "
-        "worse than the median of the runs before it",
+        "as one table per machine and size, marking every figure more than "
+        "10%% worse than the median of the 5 runs before it",
     )
     parser.add_argument(
         "--suite",
