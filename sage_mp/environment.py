@@ -9,6 +9,7 @@ process per key partition.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import threading
 from collections.abc import Iterable
@@ -205,34 +206,47 @@ class LocalEnvironment:
         return build_plan(self._source, list(self._operators))
 
     def run_options(self) -> RunOptions:
-        workers = OVERRIDES.get("workers") or self.workers or usable_cores()
-        if not isinstance(workers, int) or workers < 1:
-            raise PipelineError(
-                f"environment {self.name!r}: workers must be a whole number "
-                f">= 1, got {workers!r}"
-            )
+        # None, not any false value, means "one per usable core": a
+        # workers=0 that ran on every core would hide the mistake.
+        workers = _pick(OVERRIDES.get("workers"), self.workers)
+        if workers is None:
+            workers = usable_cores()
+        workers = self._check("workers", workers, whole=True, least=1)
         if self.error_policy not in ("fail", "skip"):
             raise PipelineError(
                 f"environment {self.name!r}: error_policy must be 'fail' or "
                 f"'skip', got {self.error_policy!r}"
             )
-        if int(self.batch_size) < 1:
-            raise PipelineError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        batch_size = self._check("batch_size", self.batch_size, whole=True, least=1)
+        linger = self._check("linger", self.linger, whole=False, least=0)
         return RunOptions(
             checkpoint=self._checkpoint_config(),
-            workers=workers,
-            batch_size=int(self.batch_size),
-            linger=float(self.linger),
+            workers=int(workers),
+            batch_size=int(batch_size),
+            linger=linger,
             error_policy=OVERRIDES.get("error_policy") or self.error_policy,
             dead_letter_path=self.dead_letter_path,
+        )
+
+    def _check(self, label: str, value: Any, *, whole: bool, least: float) -> Any:
+        """``value`` as an int (``whole``) or a float, when it is such a
+        number of at least ``least``; else a PipelineError naming ``label``."""
+        kind = "a whole number" if whole else "a number"
+        fits = isinstance(value, numbers.Integral if whole else numbers.Real)
+        if fits and not isinstance(value, bool) and value >= least:
+            return int(value) if whole else float(value)
+        raise PipelineError(
+            f"environment {self.name!r}: {label} must be {kind} >= {least:g}, "
+            f"got {value!r}; pass it to LocalEnvironment() or in its config, "
+            f"or leave it out for the default"
         )
 
     def _checkpoint_config(self) -> CheckpointConfig | None:
         directory = OVERRIDES.get("checkpoint_dir") or self.checkpoint_dir
         if not directory:
             return None
-        interval = OVERRIDES.get("checkpoint_interval") or self.checkpoint_interval
-        if not isinstance(interval, (int, float)) or interval <= 0:
+        interval = _pick(OVERRIDES.get("checkpoint_interval"), self.checkpoint_interval)
+        if not _is_number(interval) or not interval > 0:
             raise PipelineError(
                 f"environment {self.name!r}: checkpoint_interval must be a "
                 f"number of seconds > 0, got {interval!r}"
@@ -243,11 +257,7 @@ class LocalEnvironment:
             ("max_checkpoint_failures", self.max_checkpoint_failures),
         ):
             least = 1 if label == "keep_checkpoints" else 0
-            if not isinstance(value, int) or value < least:
-                raise PipelineError(
-                    f"environment {self.name!r}: {label} must be a whole "
-                    f"number, got {value!r}"
-                )
+            self._check(label, value, whole=True, least=least)
         return CheckpointConfig(
             directory=os.fspath(directory),
             interval=float(interval),
@@ -393,6 +403,10 @@ class DataStream:
         ``parallelism > 1`` there is one instance per worker.
         """
         return self._then("sink", function, args, kwargs)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _pick(*values: Any) -> Any:

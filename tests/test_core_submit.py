@@ -9,7 +9,13 @@ import time
 import pytest
 from helpers import WORKERS, driver_sink, run_python, write_script
 
-from sage_mp import JobResult, LocalEnvironment, SourceFunction, StopSignal
+from sage_mp import (
+    JobResult,
+    LocalEnvironment,
+    PipelineError,
+    SourceFunction,
+    StopSignal,
+)
 
 
 class Endless(SourceFunction):
@@ -196,3 +202,40 @@ def test_job_result_counts_a_keyby_right_after_the_source(workers):
 
     assert result.operators["by_five"] == {"in": 100, "out": 100, "skipped": 0}
     assert result.operators["out"]["in"] == 100
+
+
+BAD_OPTIONS = [
+    ({"workers": 0}, "workers must be a whole number >= 1, got 0"),
+    ({"workers": True}, "workers must be a whole number >= 1, got True"),
+    ({"workers": 2.0}, "workers must be a whole number >= 1, got 2.0"),
+    ({"config": {"workers": -1}}, "workers must be a whole number >= 1, got -1"),
+    ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+    ({"batch_size": 2.5}, "batch_size must be a whole number >= 1, got 2.5"),
+    ({"batch_size": "10"}, "batch_size must be a whole number >= 1, got '10'"),
+    ({"linger": -0.1}, "linger must be a number >= 0, got -0.1"),
+    ({"linger": "soon"}, "linger must be a number >= 0, got 'soon'"),
+    ({"checkpoint_interval": 0}, "checkpoint_interval must be a number of seconds > 0"),
+    ({"checkpoint_interval": float("nan")}, "seconds > 0, got nan"),
+    ({"checkpoint_interval": True}, "seconds > 0, got True"),
+    ({"max_restarts": -1}, "max_restarts must be a whole number >= 0, got -1"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints must be a whole number >= 1, got 0"),
+    ({"max_checkpoint_failures": 1.5}, "must be a whole number >= 0, got 1.5"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS)
+def test_a_bad_option_stops_submit_before_any_record_moves(options, message, tmp_path):
+    """Each bad option is named with what arrived, before anything runs.
+
+    ``workers=0`` used to run on every usable core, as if left out.
+    """
+    sink = driver_sink()
+    env = LocalEnvironment("bad-option", checkpoint_dir=str(tmp_path), **options)
+    env.from_collection(range(10)).keyby(lambda n: n % 3).sink(sink)
+
+    with pytest.raises(PipelineError, match="environment 'bad-option'") as raised:
+        env.submit(autostop=True)
+
+    assert message in str(raised.value)
+    assert sink.records == []
+    assert not list(tmp_path.iterdir())  # Not even a checkpoint store.
