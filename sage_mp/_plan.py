@@ -26,6 +26,7 @@ from .functions import (
     MapFunction,
     SinkFunction,
     SourceFunction,
+    StatefulFunction,
     _Wrapped,
     _WrappedSource,
 )
@@ -41,6 +42,13 @@ _BASES = {
     "flatmap": FlatMapFunction,
     "keyby": KeyByFunction,
     "sink": SinkFunction,
+}
+# Function classes an operator takes besides its own kind's.
+_ALSO: dict[str, tuple[type, ...]] = {
+    "keyby": (MapFunction,),
+    "filter": (StatefulFunction,),
+    "flatmap": (StatefulFunction,),
+    "sink": (StatefulFunction,),
 }
 
 
@@ -126,7 +134,9 @@ class Plan:
 
 
 def check_function(kind: str, function: Any, where: str) -> None:
-    """Refuse anything that is neither a matching class nor a callable."""
+    """Refuse anything that is neither a matching class nor a callable,
+    and a function class made for another kind of operator."""
+    _check_kind(kind, function if inspect.isclass(function) else type(function), where)
     if inspect.isclass(function):
         if not issubclass(function, BaseFunction) and kind != "source":
             # A plain class with execute() is accepted too: duck typing.
@@ -143,6 +153,36 @@ def check_function(kind: str, function: Any, where: str) -> None:
         f"{where}: expected a {_BASES[kind].__name__} subclass or a callable, "
         f"got {type(function).__name__} {function!r}"
     )
+
+
+def _check_kind(kind: str, cls: type, where: str) -> None:
+    """A SinkFunction given to map() would swallow every record, a
+    MapFunction given to filter() would keep or drop records by the
+    truth of its results: refuse a class whose base names another kind.
+
+    Plain ``BaseFunction`` subclasses and classes of no base stay
+    welcome anywhere. So do the pairs in ``_ALSO``: the SAGE guide's
+    key extractor is a ``MapFunction``, and a ``StatefulFunction`` (a
+    map with state) may also filter, flat-map or sink.
+    """
+    if not issubclass(cls, BaseFunction) or issubclass(cls, _BASES[kind]):
+        return
+    if issubclass(cls, _ALSO.get(kind, ())):
+        return
+    for other, base in _BASES.items():
+        if issubclass(cls, base):
+            method = _method(other)
+            raise PipelineError(
+                f"{where}: {cls.__name__} is a {base.__name__}, made for "
+                f"{method}(); {_method(kind)}() takes a "
+                f"{_BASES[kind].__name__} subclass or a callable. Pass "
+                f"{cls.__name__} to {method}() or derive it from "
+                f"{_BASES[kind].__name__}"
+            )
+
+
+def _method(kind: str) -> str:
+    return "from_source" if kind == "source" else kind
 
 
 def build_plan(source: OperatorSpec, operators: list[OperatorSpec]) -> Plan:

@@ -155,7 +155,8 @@ class LocalEnvironment:
             )
         check_function("source", function, f"{self.name}.from_source()")
         options, kwargs = _split_reserved(kwargs)
-        if not isinstance(delay, (int, float)) or delay < 0:
+        _check_name(options, f"{self.name}.from_source()")
+        if not _is_number(delay) or not delay >= 0:
             raise PipelineError(
                 f"{self.name}.from_source(): delay must be a number of "
                 f"seconds >= 0, got {delay!r}"
@@ -340,16 +341,19 @@ class DataStream:
     def _then(
         self, kind: str, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> DataStream:
-        check_function(kind, function, f"{self.env.name}.{kind}()")
+        where = f"{self.env.name}.{kind}()"
+        check_function(kind, function, where)
         options, kwargs = _split_reserved(kwargs)
         parallelism = options.get("parallelism")
         if parallelism is not None and (
-            not isinstance(parallelism, int) or parallelism < 1
+            not isinstance(parallelism, int)
+            or isinstance(parallelism, bool)
+            or parallelism < 1
         ):
             raise PipelineError(
-                f"{self.env.name}.{kind}(): parallelism must be a whole "
-                f"number >= 1, got {parallelism!r}"
+                f"{where}: parallelism must be a whole number >= 1, got {parallelism!r}"
             )
+        _check_name(options, where)
         strategy = options.get("strategy", "hash")
         if kind == "keyby" and strategy not in STRATEGIES:
             raise PipelineError(
@@ -403,6 +407,15 @@ class DataStream:
         ``parallelism > 1`` there is one instance per worker.
         """
         return self._then("sink", function, args, kwargs)
+
+
+def _check_name(options: dict[str, Any], where: str) -> None:
+    name = options.get("name", "")
+    if not isinstance(name, str):
+        raise PipelineError(
+            f"{where}: name must be a string (it names the operator in "
+            f"logs, counts and errors), got {type(name).__name__} {name!r}"
+        )
 
 
 def _is_number(value: Any) -> bool:

@@ -17,12 +17,18 @@ import pytest
 from helpers import WORKERS, driver_sink
 
 from sage_mp import (
+    BaseFunction,
     FilterFunction,
     FlatMapFunction,
+    KeyByFunction,
     LocalEnvironment,
     MapFunction,
+    PipelineError,
     RuntimeContext,
     SinkFunction,
+    SourceFunction,
+    StatefulFunction,
+    StopSignal,
 )
 
 RECORDS = [{"user": f"u{i % 9}", "i": i} for i in range(1200)]
@@ -361,3 +367,121 @@ def test_plain_callables_with_a_collection(workers):
 
     expected = [(n % 10, n * n) for n in range(1000) if n * n % 2 == 0]
     assert seen == [p for p in expected for _ in range(2)]
+
+
+class AMap(MapFunction):
+    def execute(self, record):
+        return record
+
+
+class AFilter(FilterFunction):
+    def execute(self, record):
+        return True
+
+
+class AFlatMap(FlatMapFunction):
+    def execute(self, record):
+        return [record]
+
+
+class AKey(KeyByFunction):
+    def execute(self, record):
+        return record % 3
+
+
+class ASink(SinkFunction):
+    def execute(self, record):
+        pass
+
+
+class ASource(SourceFunction):
+    def execute(self):
+        return StopSignal("done")
+
+
+class Seen(StatefulFunction):
+    """A stateful filter: lets each key through once."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def execute(self, record):
+        key = self.ctx.get_key()
+        first = key not in self.seen
+        self.seen.add(key)
+        return first
+
+
+class MapKey(MapFunction):
+    def execute(self, record):
+        return record
+
+
+class Plain(BaseFunction):
+    def execute(self, record):
+        return record
+
+
+@pytest.mark.parametrize(
+    ("method", "cls", "message"),
+    [
+        ("map", ASink, "ASink is a SinkFunction, made for sink(); map() takes"),
+        ("sink", AMap, "AMap is a MapFunction, made for map(); sink() takes"),
+        ("keyby", ASink, "ASink is a SinkFunction, made for sink(); keyby() takes"),
+        ("filter", AMap, "AMap is a MapFunction, made for map(); filter()"),
+        ("flatmap", AFilter, "AFilter is a FilterFunction, made for filter()"),
+        ("map", AFlatMap, "AFlatMap is a FlatMapFunction, made for flatmap()"),
+        ("map", AKey, "AKey is a KeyByFunction, made for keyby()"),
+        ("from_source", AMap, "made for map(); from_source() takes a SourceFunction"),
+        ("map", ASource, "ASource is a SourceFunction, made for from_source()"),
+    ],
+)
+def test_a_function_class_made_for_another_operator_is_refused(method, cls, message):
+    """A sink class given to map() used to run and swallow every record."""
+    env = LocalEnvironment("wrong-kind", workers=1)
+    if method == "from_source":
+        target = env
+    else:
+        target = env.from_collection(range(6))
+    with pytest.raises(PipelineError, match="wrong-kind") as raised:
+        getattr(target, method)(cls)
+    assert message in str(raised.value)
+    assert f"Pass {cls.__name__} to" in str(raised.value)
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_stateful_and_plain_functions_fit_more_than_map(workers):
+    """A StatefulFunction may filter (here: once per key), a plain
+    BaseFunction subclass works as a map, and a MapFunction extracts
+    keys, as in the SAGE guide."""
+    sink = driver_sink()
+    env = LocalEnvironment("stateful-filter", workers=workers)
+    stream = env.from_collection(range(12)).keyby(AKey).filter(Seen)
+    stream.map(Plain).keyby(MapKey).sink(sink)
+    env.submit(autostop=True)
+    assert sorted(sink.records) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda env: env.from_collection(range(3)).map(AMap, name=3),
+            "name must be a string",
+        ),
+        (
+            lambda env: env.from_collection(range(3)).sink(ASink, parallelism=True),
+            "parallelism must be a whole number >= 1, got True",
+        ),
+        (
+            lambda env: env.from_source(ASource, delay=float("nan")),
+            "delay must be a number of seconds >= 0, got nan",
+        ),
+    ],
+)
+def test_operator_options_of_the_wrong_type_are_refused(build, message):
+    env = LocalEnvironment("bad-op-option", workers=1)
+    with pytest.raises(PipelineError, match="bad-op-option") as raised:
+        build(env)
+    assert message in str(raised.value)
