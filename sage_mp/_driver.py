@@ -49,8 +49,8 @@ from ._checkpoint import (
 from ._logs import emit_forwarded
 from ._metrics import operator_busy
 from ._plan import Plan, StagePlan
-from ._snapshot import Batch, freeze_into, thaw
-from ._stage import StageFailure, StageInstance, read_slice
+from ._snapshot import Batch, RecordNotPicklable, freeze_into, thaw
+from ._stage import StageFailure, StageInstance, read_slice, short_repr
 from ._store import Store
 from ._transport import DRIVER, PipeSet
 from ._worker import WorkerOptions, run_worker
@@ -432,6 +432,7 @@ class Driver:
                 skip_errors=skip,
                 on_barrier=hook,
             )
+            self.head.producer = plan.source.name
         self.final = StageInstance(
             plan.driver_stage,
             plan.stages[-2],
@@ -615,7 +616,10 @@ class Driver:
             if isinstance(record, StopSignal) or record is StopSignal:
                 self._source_done = True
                 break
-            freeze_into(batch, len(batch), None, record)
+            try:
+                freeze_into(batch, len(batch), None, record)
+            except RecordNotPicklable as err:
+                raise self._unpicklable_from_source(err) from None
             if not delay and len(batch) % 64 == 0 and time.monotonic() >= deadline:
                 break
         if len(batch):
@@ -719,6 +723,21 @@ class Driver:
             record=f"<during {phase}()>",
             error=f"{type(err).__name__}: {err}",
             traceback="".join(traceback.format_exception(err)),
+        )
+        return UserFunctionError(report)
+
+    def _unpicklable_from_source(self, err: RecordNotPicklable) -> UserFunctionError:
+        """A source record that cannot travel: a fault of the source,
+        which stops the job under either error policy, as a source's
+        own exceptions do."""
+        report = FailureReport(
+            operator=self.plan.source.name,
+            worker=-1,
+            key=None,
+            record="",
+            error=str(err),
+            traceback="",
+            extra={"unpicklable": short_repr(err.record, 120), "source": True},
         )
         return UserFunctionError(report)
 

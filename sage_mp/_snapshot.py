@@ -72,8 +72,37 @@ def freeze_into(batch: Batch, idx: int, key: Any, value: Any) -> None:
     batch.values.append(value)
 
 
-def _pickled(batch: Batch, value: Any) -> bytes:
+def freeze_whole(batch: Batch, idx: int, key: Any, value: Any) -> None:
+    """Append ``value`` to ``batch`` pickled, whatever its type; raises,
+    appending nothing, when neither pickle nor dill can pickle it."""
+    data = _pickle(value)
     batch.frozen.append(len(batch.values))
+    batch.idxs.append(idx)
+    batch.keys.append(key)
+    batch.values.append(data)
+
+
+def _pickled(batch: Batch, value: Any) -> bytes:
+    data = _pickle(value)  # May raise: then ``frozen`` stays as it was.
+    batch.frozen.append(len(batch.values))
+    return data
+
+
+class RecordNotPicklable(Exception):
+    """A record must leave its process, and neither pickle nor dill can
+    pickle it. ``record`` is that record."""
+
+    def __init__(self, record: Any, cause: BaseException) -> None:
+        super().__init__(
+            f"cannot leave its process: {type(cause).__name__}: {cause}. A "
+            "record that goes to another worker or to the driver must be "
+            "picklable (by pickle or dill): return plain data (dicts, lists, "
+            "strings, numbers) instead of generators, open files or sockets"
+        )
+        self.record = record
+
+
+def _pickle(value: Any) -> bytes:
     try:
         return pickle.dumps(value, _PROTOCOL)
     except Exception:
@@ -81,7 +110,10 @@ def _pickled(batch: Batch, value: Any) -> bytes:
         # cost that only these records pay.
         import dill
 
-        return b"D" + dill.dumps(value)
+        try:
+            return b"D" + dill.dumps(value)
+        except Exception as err:
+            raise RecordNotPicklable(value, err) from err
 
 
 def thaw(values: list[Any], frozen: list[int]) -> list[Any]:

@@ -26,8 +26,8 @@ from . import _protocol as P
 from ._chain import compile_chain
 from ._partition import key_group, worker_for_group
 from ._plan import OperatorSpec, Route, StagePlan
-from ._snapshot import Batch, freeze_into, thaw
-from ._transport import DRIVER
+from ._snapshot import Batch, RecordNotPicklable, freeze_into, freeze_whole, thaw
+from ._transport import DRIVER, MessageNotPicklable
 from .context import CurrentRecord, RuntimeContext
 from .errors import FailureReport
 from .functions import BaseFunction, FlatMapFunction, _Wrapped
@@ -298,6 +298,10 @@ class StageInstance:
         self.kept = 0
         self.kept_at = 0
         self._mine: dict[Any, bool] = {}
+        #: What feeds this stage's records when none of its operators
+        #: made them (the source, for the driver's head stage): the
+        #: operator an unpicklable record is blamed on.
+        self.producer = ""
 
         self.previous_route = (
             previous.route.kind if previous is not None and previous.route else None
@@ -718,9 +722,34 @@ class StageInstance:
             return
         stage = self.index + 1
         batches = self.emitter.batches
-        for dest, batch in zip(self._destinations, batches, strict=True):
-            self.send(dest, (P.BATCH, stage, tick, *batch.parts()))
         self.emitter.batches = [Batch() for _ in batches]
+        for dest, batch in zip(self._destinations, batches, strict=True):
+            try:
+                self.send(dest, (P.BATCH, stage, tick, *batch.parts()))
+            except MessageNotPicklable:
+                # Records that were not frozen on their way (those of a
+                # stage without operators, straight from the source):
+                # pickle them one by one, with dill where pickle fails,
+                # and report any that neither can pickle.
+                batch = self._pickled_one_by_one(batch)
+                self.send(dest, (P.BATCH, stage, tick, *batch.parts()))
+
+    def _pickled_one_by_one(self, batch: Batch) -> Batch:
+        out = Batch()
+        done = set(batch.frozen)
+        for position, (idx, key, value) in enumerate(
+            zip(batch.idxs, batch.keys, batch.values, strict=True)
+        ):
+            if position in done:
+                out.frozen.append(len(out.values))
+                _append(out, idx, key, value)
+                continue
+            try:
+                freeze_whole(out, idx, key, value)
+            except RecordNotPicklable as err:
+                self.current.idx = idx
+                self._on_error(err, key, value)
+        return out
 
     def _forward(self, message: tuple[Any, ...]) -> None:
         for dest in self._destinations:
@@ -784,6 +813,10 @@ class StageInstance:
         if isinstance(err, _KeyProblem) and self.emitter is not None:
             return self.emitter.name
         name = self.emitter.name if self.emitter is not None else "?"
+        if isinstance(err, RecordNotPicklable):
+            # The record's maker: a filter only passes records on.
+            makers = [n for n in self.nodes if not isinstance(n, _FilterNode)]
+            return makers[-1].name if makers else self.producer or name
         if position is not None and position < len(self.nodes):
             name = self.nodes[position].name
         tb = err.__traceback__
@@ -799,8 +832,15 @@ class StageInstance:
     def _report(
         self, name: str, err: BaseException, key: Any, value: Any, phase: str
     ) -> FailureReport:
+        error = f"{type(err).__name__}: {err}".rstrip(": ")
+        extra = {}
         if isinstance(err, _KeyProblem):
             text = "".join(traceback.format_exception_only(err))
+        elif isinstance(err, RecordNotPicklable):
+            # Not an exception of the user's code: the engine's own frames
+            # would say nothing more than the message.
+            error, text = str(err), ""
+            extra["unpicklable"] = short_repr(err.record, 120)
         else:
             text = "".join(_user_traceback(err))
         record = short_repr(value) if phase == "user" else f"<during {phase}()>"
@@ -809,8 +849,9 @@ class StageInstance:
             worker=self.host,
             key=key if _plain(key) else short_repr(key),
             record=record,
-            error=f"{type(err).__name__}: {err}".rstrip(": "),
+            error=error,
             traceback=text,
+            extra=extra,
         )
 
     def counts(self) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,14 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
-__all__ = ["DRIVER", "EOF", "Endpoint", "PipeEndpoint", "PipeSet"]
+__all__ = [
+    "DRIVER",
+    "EOF",
+    "Endpoint",
+    "MessageNotPicklable",
+    "PipeEndpoint",
+    "PipeSet",
+]
 
 #: Peer id of the driver; workers are 0..N-1.
 DRIVER = -1
@@ -41,8 +48,16 @@ _PIPE_SIZE = 1 << 20
 _HOLD = 0.002
 
 
+class MessageNotPicklable(Exception):
+    """``send`` could not serialize a message; nothing of it was sent."""
+
+
 class Endpoint(Protocol):
-    """One process's view of its channels. Must never block in ``send``."""
+    """One process's view of its channels. Must never block in ``send``.
+
+    ``send`` raises :class:`MessageNotPicklable` when the message cannot
+    be serialized for another process, and then sends nothing of it.
+    """
 
     me: int
 
@@ -169,7 +184,10 @@ class PipeEndpoint:
         writer = self._writers[peer]
         if writer.broken:
             return
-        frame = pickle.dumps(message, 5)
+        try:
+            frame = pickle.dumps(message, 5)
+        except Exception as err:
+            raise MessageNotPicklable(f"{type(err).__name__}: {err}") from err
         queue = writer.queue
         queue.append(_HEADER.pack(len(frame)) + frame)
         if not self.write_at_receive:

@@ -87,10 +87,24 @@ class UserFunctionError(JobFailed):
     def _message(self) -> str:
         r = self.report
         where = "the driver" if r.worker < 0 else f"worker {r.worker}"
+        hint = (
+            "--- hint: pass error_policy='skip' to LocalEnvironment (or "
+            "--on-error skip) to skip such records into a dead-letter file"
+        )
+        if "unpicklable" in r.extra:
+            made = (
+                f"operator {r.operator!r} returned {r.extra['unpicklable']} in {where}"
+            )
+            if r.key is not None:
+                made += f" on key {r.key!r}"
+            if r.record:
+                made += f" for record {r.record}"
+            # A source's faults stop the job under either policy.
+            return f"{made}, and it {r.error}" + (
+                "" if r.extra.get("source") else f"\n{hint}"
+            )
         return (
             f"operator {r.operator!r} raised {r.error} in {where} "
             f"on key {r.key!r}, record {r.record}\n"
-            f"--- traceback from {where} ---\n{r.traceback.rstrip()}\n"
-            "--- hint: pass error_policy='skip' to LocalEnvironment (or "
-            "--on-error skip) to skip such records into a dead-letter file"
+            f"--- traceback from {where} ---\n{r.traceback.rstrip()}\n{hint}"
         )

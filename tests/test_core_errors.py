@@ -9,6 +9,8 @@ writes each to a dead-letter file.
 from __future__ import annotations
 
 import json
+import re
+import threading
 
 import pytest
 from helpers import WORKERS, children_pids, driver_sink, wait_gone
@@ -307,3 +309,109 @@ def test_stopsignal_after_errors_still_closes_cleanly(workers, tmp_path):
 
     assert result.skipped == 20
     assert Closing.closed
+
+
+def generator_for(i):
+    """A record neither pickle nor dill can pickle."""
+    return {"i": i, "rows": (n for n in range(i))}
+
+
+class Locks(SourceFunction):
+    """Records that pickle cannot pickle but dill can (a lock each)."""
+
+    def __init__(self, count, bad_at=None):
+        super().__init__()
+        self.left = count
+        self.bad_at = bad_at
+
+    def execute(self):
+        if not self.left:
+            return StopSignal("done")
+        self.left -= 1
+        if self.left == self.bad_at:
+            return generator_for(self.left)
+        return {"i": self.left, "lock": threading.Lock()}
+
+
+class Count(SinkFunction):
+    def __init__(self):
+        super().__init__()
+        self.locks = 0
+
+    def execute(self, record):
+        self.locks += isinstance(record["lock"], type(threading.Lock()))
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_source_records_that_only_dill_can_pickle_reach_the_workers(workers):
+    """They used to stop the job with pickle's TypeError and a traceback."""
+    env = LocalEnvironment("dill-records", workers=workers)
+    env.from_source(Locks, 200).keyby(lambda r: r["i"] % 7).sink(
+        Count, parallelism=2, name="count"
+    )
+    result = env.submit(autostop=True)
+    assert result.operators["count"]["in"] == 200
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_record_no_pickler_can_take_names_its_maker(workers):
+    """From a source, and from a map whose output goes to the driver."""
+    env = LocalEnvironment("unpicklable-source", workers=workers)
+    env.from_source(Locks, 50, bad_at=20, name="locks").keyby(
+        lambda r: r["i"] % 7
+    ).sink(Count, parallelism=2)
+    with pytest.raises(UserFunctionError) as raised:
+        env.submit(autostop=True)
+    message = str(raised.value)
+    assert raised.value.operator == "locks"
+    assert "returned {'i': 20, 'rows': <generator object" in message
+    assert "} in the driver, and it cannot leave its process" in message
+    assert "error_policy" not in message  # A source's faults always stop the job.
+    assert "cannot leave its process: TypeError: cannot pickle 'generator'" in message
+    assert "must be picklable (by pickle or dill)" in message
+
+    env = LocalEnvironment("unpicklable-map", workers=workers)
+    (
+        env.from_collection(range(40))
+        .keyby(lambda i: i % 3)
+        .map(generator_for, name="rows")
+        .filter(lambda r: True)
+        .sink(driver_sink())
+    )
+    with pytest.raises(UserFunctionError) as raised:
+        env.submit(autostop=True)
+    assert raised.value.operator == "rows"  # The map, not the filter after it.
+    message = str(raised.value)
+    assert re.search(
+        r" on key \d for record \d+, and it cannot leave its process", message
+    )
+    assert "cannot pickle 'generator'" in message
+    assert "error_policy='skip'" in message
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_skipping_a_record_no_pickler_can_take_keeps_the_rest_whole(workers, tmp_path):
+    """The batch it was in used to keep a stale mark for it, and the
+    driver then failed with "unhashable type: 'slice'" on the next
+    record."""
+    sink = driver_sink()
+    dead = tmp_path / "dead.jsonl"
+    env = LocalEnvironment(
+        "unpicklable-skip",
+        workers=workers,
+        error_policy="skip",
+        dead_letter_path=str(dead),
+    )
+    (
+        env.from_collection(range(40))
+        .keyby(lambda i: i % 3)
+        .map(lambda i: generator_for(i) if i % 10 == 3 else {"i": i}, name="rows")
+        .sink(sink)
+    )
+    result = env.submit(autostop=True)
+
+    assert sorted(r["i"] for r in sink.records) == [i for i in range(40) if i % 10 != 3]
+    letters = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert sorted(letter["record"] for letter in letters) == ["13", "23", "3", "33"]
+    assert {letter["operator"] for letter in letters} == {"rows"}
+    assert result.operators["rows"]["skipped"] == 4

@@ -9,11 +9,12 @@ events, so no step depends on how fast the machine is.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import multiprocess
 
-from sage_mp._transport import DRIVER, PipeSet
+from sage_mp._transport import DRIVER, MessageNotPicklable, PipeSet
 
 COUNT = 200
 WAIT = 30.0  # a safety net for a broken transport, not a measurement
@@ -85,3 +86,33 @@ def test_messages_leave_without_a_receive_once_the_hold_has_passed():
     # As many as the pipe took, from the first, before any receive.
     assert held
     assert [message[1] for _, message in held] == list(range(len(held)))
+
+
+def _sends_a_lock(pipes):
+    endpoint = pipes.endpoint(0)
+    try:
+        endpoint.send(DRIVER, ("bad", threading.Lock()))
+        outcome = "sent"
+    except MessageNotPicklable as err:
+        outcome = str(err)
+    endpoint.send(DRIVER, ("good", outcome))
+    endpoint.flush(WAIT)
+    endpoint.close()
+
+
+def test_a_message_pickle_cannot_take_is_refused_whole():
+    """send() raises MessageNotPicklable and sends nothing of it, so
+    the next message arrives intact and alone."""
+    pipes = PipeSet(1)
+    child = multiprocess.get_context("fork").Process(
+        target=_sends_a_lock, args=(pipes,)
+    )
+    child.start()
+    driver = pipes.endpoint(DRIVER)
+    got = []
+    deadline = time.monotonic() + WAIT
+    while not got and time.monotonic() < deadline:
+        got = [m for m in driver.receive(0.1) if m[1][0] != "eof"]
+    child.join(WAIT)
+    driver.close()
+    assert got == [(0, ("good", "TypeError: cannot pickle '_thread.lock' object"))]
