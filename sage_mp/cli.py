@@ -281,7 +281,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # Read by the driver and, through fork, by every worker.
         from ._driver import PROFILE_DIR_ENV
 
-        os.makedirs(args.profile, exist_ok=True)
         os.environ[PROFILE_DIR_ENV] = os.path.abspath(args.profile)
         # Files of earlier runs stay, but are left out of this report.
         earlier = set(os.listdir(args.profile))
@@ -368,6 +367,24 @@ def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(
                 f"--metrics {args.metrics!r}: folder {folder!r} is not "
                 "writable; pick another path"
+            )
+    if args.profile:
+        if os.path.exists(args.profile) and not os.path.isdir(args.profile):
+            parser.error(
+                f"--profile {args.profile!r} exists and is not a directory; "
+                "pass a folder for the profiles (it is made if missing)"
+            )
+        try:
+            os.makedirs(args.profile, exist_ok=True)
+        except OSError as err:
+            parser.error(
+                f"--profile {args.profile!r}: cannot make that folder "
+                f"({err.strerror}); pick another path"
+            )
+        if not os.access(args.profile, os.W_OK):
+            parser.error(
+                f"--profile {args.profile!r}: the folder is not writable; "
+                "pick another path"
             )
     if args.checkpoint_dir:
         try:

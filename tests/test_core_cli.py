@@ -181,6 +181,28 @@ def test_bad_workers_value_is_refused_before_running(bad, tmp_path):
     assert "--workers" in done.stderr
 
 
+def test_a_profile_path_that_is_a_file_is_refused_before_running(tmp_path):
+    """It used to end the run with a FileExistsError traceback."""
+    script = write_script(tmp_path / "job.py", "print('ran')\n")
+    taken = tmp_path / "profiles"
+    taken.write_text("not a folder")
+
+    for path, says in (
+        (taken, "exists and is not a directory; pass a folder"),
+        (taken / "inner", "cannot make that folder (Not a directory)"),
+    ):
+        done = run_python(
+            ["-m", "sage_mp", "run", "--profile", str(path), str(script)],
+            cwd=tmp_path,
+        )
+        assert done.returncode == 2
+        assert "ran" not in done.stdout
+        assert f"--profile {str(path)!r}" in done.stderr
+        assert says in done.stderr
+        assert "Traceback" not in done.stderr
+    assert taken.read_text() == "not a folder"
+
+
 def test_run_help_documents_every_flag(tmp_path):
     """Every flag of ``run`` has a help text."""
     done = run_python(["-m", "sage_mp", "run", "--help"], cwd=tmp_path)
