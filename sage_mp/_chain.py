@@ -15,7 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["compile_chain"]
+__all__ = ["CHAIN_FILE", "compile_chain"]
+
+#: The file name the compiled loops' frames show in tracebacks.
+CHAIN_FILE = "<sage_mp chain>"
 
 Runner = Callable[[Any, Any, list[Any], Any, Callable[..., None]], None]
 
@@ -58,7 +61,7 @@ def compile_chain(
     for position, node in enumerate(nodes):
         names[f"_node{position}"] = node
     namespace: dict[str, Any] = {}
-    exec(compile("\n".join(lines), "<sage_mp chain>", "exec"), names, namespace)
+    exec(compile("\n".join(lines), CHAIN_FILE, "exec"), names, namespace)
     runner: Runner = namespace["run"]
     return runner
 

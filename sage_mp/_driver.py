@@ -50,7 +50,13 @@ from ._logs import emit_forwarded
 from ._metrics import operator_busy
 from ._plan import Plan, StagePlan
 from ._snapshot import Batch, RecordNotPicklable, freeze_into, thaw
-from ._stage import StageFailure, StageInstance, read_slice, short_repr
+from ._stage import (
+    StageFailure,
+    StageInstance,
+    read_slice,
+    short_repr,
+    user_traceback,
+)
 from ._store import Store
 from ._transport import DRIVER, PipeSet
 from ._worker import WorkerOptions, run_worker
@@ -415,7 +421,10 @@ class Driver:
         plan = self.plan
         from .context import RuntimeContext
 
-        self.source = plan.source.instantiate()
+        try:
+            self.source = plan.source.instantiate()
+        except Exception as err:
+            raise self._source_error(err, "init") from err
         self.source.ctx = RuntimeContext(plan.source.name, -1, 1, None, self.name)
         skip = self.options.error_policy == "skip"
         hook = self._on_driver_barrier if self.coordinator is not None else None
@@ -714,15 +723,13 @@ class Driver:
             self.endpoint.send(worker, (P.END, 0, self._ticks_sent))
 
     def _source_error(self, err: Exception, phase: str) -> UserFunctionError:
-        import traceback
-
         report = FailureReport(
             operator=self.plan.source.name,
             worker=-1,
             key=None,
             record=f"<during {phase}()>",
             error=f"{type(err).__name__}: {err}",
-            traceback="".join(traceback.format_exception(err)),
+            traceback="".join(user_traceback(err)),
         )
         return UserFunctionError(report)
 

@@ -133,10 +133,19 @@ class Plan:
         return self.stages[-1]
 
 
-def check_function(kind: str, function: Any, where: str) -> None:
+def check_function(
+    kind: str,
+    function: Any,
+    where: str,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+) -> None:
     """Refuse anything that is neither a matching class nor a callable,
-    and a function class made for another kind of operator."""
+    a function class made for another kind of operator, and a class
+    that ``args`` and ``kwargs`` cannot build."""
     _check_kind(kind, function if inspect.isclass(function) else type(function), where)
+    if inspect.isclass(function):
+        _check_arguments(kind, function, args, kwargs or {}, where)
     if inspect.isclass(function):
         if not issubclass(function, BaseFunction) and kind != "source":
             # A plain class with execute() is accepted too: duck typing.
@@ -179,6 +188,31 @@ def _check_kind(kind: str, cls: type, where: str) -> None:
                 f"{cls.__name__} to {method}() or derive it from "
                 f"{_BASES[kind].__name__}"
             )
+
+
+def _check_arguments(
+    kind: str, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> None:
+    """Each process builds its instances from ``args`` and ``kwargs``;
+    a mismatch would fail there, once per worker. Find it here."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return  # Some classes (written in C, say) have no signature to check.
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as err:
+        needed = [
+            f"{p.name}=..."
+            for p in signature.parameters.values()
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        example = ", ".join([cls.__name__, *needed])
+        raise PipelineError(
+            f"{where}: {cls.__name__}{signature} cannot be built from the "
+            f"arguments given ({err}); pass them after the class, as in "
+            f".{_method(kind)}({example})"
+        ) from None
 
 
 def _method(kind: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
+import os
 import time
 import traceback
 from collections import deque
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _protocol as P
-from ._chain import compile_chain
+from ._chain import CHAIN_FILE, compile_chain
 from ._partition import key_group, worker_for_group
 from ._plan import OperatorSpec, Route, StagePlan
 from ._snapshot import Batch, RecordNotPicklable, freeze_into, freeze_whole, thaw
@@ -842,7 +843,7 @@ class StageInstance:
             error, text = str(err), ""
             extra["unpicklable"] = short_repr(err.record, 120)
         else:
-            text = "".join(_user_traceback(err))
+            text = "".join(user_traceback(err))
         record = short_repr(value) if phase == "user" else f"<during {phase}()>"
         return FailureReport(
             operator=name,
@@ -943,13 +944,16 @@ def _merge(batches: list[tuple[Any, ...]]) -> tuple[Any, Any, list[Any]]:
     )
 
 
-def _user_traceback(err: BaseException) -> list[str]:
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_traceback(err: BaseException) -> list[str]:
     """Format ``err``'s traceback without the engine's own frames."""
     tb = err.__traceback__
     frames = []
-    here = __file__
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename != here:
+        name = tb.tb_frame.f_code.co_filename
+        if not name.startswith(_PACKAGE) and name != CHAIN_FILE:
             frames.append(tb)
         tb = tb.tb_next
     if not frames:

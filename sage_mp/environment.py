@@ -153,8 +153,8 @@ class LocalEnvironment:
                 "environment runs one pipeline, so create another "
                 "LocalEnvironment for a second source"
             )
-        check_function("source", function, f"{self.name}.from_source()")
         options, kwargs = _split_reserved(kwargs)
+        check_function("source", function, f"{self.name}.from_source()", args, kwargs)
         _check_name(options, f"{self.name}.from_source()")
         if not _is_number(delay) or not delay >= 0:
             raise PipelineError(
@@ -342,8 +342,8 @@ class DataStream:
         self, kind: str, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> DataStream:
         where = f"{self.env.name}.{kind}()"
-        check_function(kind, function, where)
         options, kwargs = _split_reserved(kwargs)
+        check_function(kind, function, where, args, kwargs)
         parallelism = options.get("parallelism")
         if parallelism is not None and (
             not isinstance(parallelism, int)

@@ -20,6 +20,7 @@ original exception lived in another process.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,15 @@ class UserFunctionError(JobFailed):
             # A source's faults stop the job under either policy.
             return f"{made}, and it {r.error}" + (
                 "" if r.extra.get("source") else f"\n{hint}"
+            )
+        phase = re.fullmatch(r"<during (\w+)\(\)>", r.record)
+        if phase:
+            # Building, opening or closing a function: no record is at
+            # fault, and skipping records would not help.
+            return (
+                f"operator {r.operator!r} raised {r.error} in {where} during "
+                f"{phase.group(1)}()\n"
+                f"--- traceback from {where} ---\n{r.traceback.rstrip()}"
             )
         return (
             f"operator {r.operator!r} raised {r.error} in {where} "

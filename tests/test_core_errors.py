@@ -19,6 +19,7 @@ from sage_mp import (
     JobFailed,
     LocalEnvironment,
     MapFunction,
+    PipelineError,
     SinkFunction,
     SourceFunction,
     StatefulFunction,
@@ -163,7 +164,72 @@ def test_error_in_open_fails_the_job(workers):
         env.submit(autostop=True)
 
     assert caught.value.operator == "OpenFails"
-    assert "cannot connect" in str(caught.value)
+    message = str(caught.value)
+    assert "raised RuntimeError: cannot connect in worker " in message
+    assert " during open()\n" in message
+    # No record is at fault, so skipping records is no advice here.
+    assert "error_policy" not in message
+    assert "sage_mp/" not in message  # The user's frames only.
+    assert "in open\n" in message
+
+
+class NoConfig(SourceFunction):
+    def __init__(self):
+        super().__init__()
+        raise FileNotFoundError("settings.toml")
+
+    def execute(self):
+        return StopSignal("never")
+
+
+def test_a_source_that_cannot_be_built_names_itself():
+    """Its __init__ runs in the driver; it used to escape as a bare
+    FileNotFoundError with the engine's frames."""
+    env = LocalEnvironment("source-init", workers=1)
+    env.from_source(NoConfig).sink(driver_sink())
+
+    with pytest.raises(UserFunctionError) as caught:
+        env.submit(autostop=True)
+
+    message = str(caught.value)
+    assert caught.value.operator == "NoConfig"
+    assert "raised FileNotFoundError: settings.toml in the driver during init()" in (
+        message
+    )
+    assert "sage_mp/" not in message
+    assert "in __init__\n" in message
+
+
+class Needs(MapFunction):
+    def __init__(self, loops, *, scale=1):
+        super().__init__()
+        self.loops = loops * scale
+
+    def execute(self, record):
+        return record
+
+
+@pytest.mark.parametrize(
+    ("build", "says"),
+    [
+        (
+            lambda s: s.map(Needs),
+            "b.map(): Needs(loops, *, scale=1) cannot be built from the arguments "
+            "given (missing a required argument: 'loops'); pass them after the "
+            "class, as in .map(Needs, loops=...)",
+        ),
+        (lambda s: s.map(Needs, 1, 2), "too many positional arguments"),
+        (lambda s: s.keyby(Needs, 1, size=3), "as in .keyby(Needs, loops=...)"),
+    ],
+)
+def test_arguments_that_cannot_build_a_function_are_refused_at_once(build, says):
+    """Each worker builds its own instance; a mismatch used to fail
+    there, once per worker, with advice to skip records."""
+    env = LocalEnvironment("b", workers=1)
+    stream = env.from_collection(range(3))
+    with pytest.raises(PipelineError) as caught:
+        build(stream)
+    assert says in str(caught.value)
 
 
 @pytest.mark.parametrize("workers", WORKERS)
