@@ -106,9 +106,25 @@ def dump_state(
             store.close()
 
 
+class UnknownOperator(LookupError):
+    """``dump_state`` was asked for an operator that has no state there."""
+
+
 def _collect(
     stores: list[Any], target: int, operator: str | None, key: str | None
 ) -> dict[str, dict[str, Any]]:
+    if operator is not None:
+        known = {
+            op
+            for store in stores
+            for kind in ("plain", "keyed")
+            for op, _ in store.attributes(kind)
+        }
+        if operator not in known:
+            raise UnknownOperator(
+                f"no operator named {operator!r} has state in that checkpoint; "
+                f"operators with state: {', '.join(sorted(known)) or 'none'}"
+            )
     state: dict[str, dict[str, Any]] = {}
     for store in stores:
         label = os.path.basename(store.path)

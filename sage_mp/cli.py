@@ -171,7 +171,13 @@ def _add_state_parser(commands: Any) -> None:
 def _state(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import json
 
-    from ._inspect import dump_state, format_listing, list_checkpoints, to_json
+    from ._inspect import (
+        UnknownOperator,
+        dump_state,
+        format_listing,
+        list_checkpoints,
+        to_json,
+    )
     from .errors import IncompatibleCheckpoint
 
     if not os.path.isdir(args.directory):
@@ -182,9 +188,14 @@ def _state(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=1) if args.json else format_listing(rows))
             return EXIT_OK
         state = dump_state(args.directory, args.checkpoint, args.operator, args.key)
-    except IncompatibleCheckpoint as err:
-        print(f"sage_mp: {err}", file=sys.stderr)
+    except (IncompatibleCheckpoint, UnknownOperator) as err:
+        print(f"sage_mp: {err.args[0]}", file=sys.stderr)
         return EXIT_FAILED
+    if args.key is not None and not any(state.values()):
+        print(
+            f"sage_mp: no state entry of key {args.key!r} in that checkpoint",
+            file=sys.stderr,
+        )
     print(json.dumps(to_json(state), indent=1, sort_keys=True))
     return EXIT_OK
 

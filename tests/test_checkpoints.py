@@ -600,6 +600,25 @@ def test_state_cli_ls_and_dump(tmp_path):
         "Sessions": {"sessions": {"u7": ckpt_job.expected(evs)["u7"]}}
     }
 
+    # A misspelt operator is an error naming the ones there are; a key
+    # with no entry prints nothing, and says so.
+    typo = subprocess.run(
+        base + ["dump", str(tmp_path / "ck"), "--operator", "Session"],
+        capture_output=True,
+        text=True,
+    )
+    assert typo.returncode == 1
+    assert "no operator named 'Session' has state in that checkpoint" in typo.stderr
+    assert "operators with state: Sessions, " in typo.stderr
+    none = subprocess.run(
+        base + ["dump", str(tmp_path / "ck"), "--key", "nobody"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(none.stdout) == {}
+    assert "no state entry of key 'nobody'" in none.stderr
+
 
 def test_state_cli_refuses_a_non_checkpoint_directory(tmp_path):
     """`state ls` on an ordinary directory fails with a clear message."""
