@@ -853,7 +853,7 @@ class Driver:
     def _dead_letter(self, letter: dict[str, Any]) -> None:
         self._skipped += 1
         if self._dead_file is None:
-            path = self.options.dead_letter_path or f"{self.name}.dead-letters.jsonl"
+            path = self.options.dead_letter_path or default_dead_letter_path(self.name)
             self.options.dead_letter_path = path
             self._dead_file = open(path, "a", encoding="utf-8")
             self._dead_start = self._dead_file.tell()
@@ -1156,6 +1156,17 @@ def _worker_main(pipes: PipeSet, me: int, plan: Plan, options: WorkerOptions) ->
 PROFILE_DIR_ENV = "SAGE_MP_PROFILE_DIR"
 
 
+def file_stem(job: str) -> str:
+    """``job``'s name made fit to start a file name: "a/b" gives "a_b"."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", job)
+    return "job" if stem.strip(".") == "" else stem
+
+
+def default_dead_letter_path(job: str) -> str:
+    """Where a job's skipped records go unless it says otherwise."""
+    return f"{file_stem(job)}.dead-letters.jsonl"
+
+
 def profile_prefix(directory: str, job: str) -> str:
     """Where a job's profiles go: ``DIR/JOB.`` then ``driver.prof`` etc.
 
@@ -1164,7 +1175,7 @@ def profile_prefix(directory: str, job: str) -> str:
     The driver's file is created here, so two jobs that start at once
     cannot take the same prefix.
     """
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", job) or "job"
+    safe = file_stem(job)
     number = 1
     while True:
         stem = safe if number == 1 else f"{safe}-{number}"

@@ -16,7 +16,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._checkpoint import CheckpointConfig
-from ._driver import Driver, JobResult, RunOptions, usable_cores
+from ._driver import (
+    Driver,
+    JobResult,
+    RunOptions,
+    default_dead_letter_path,
+    usable_cores,
+)
 from ._plan import STRATEGIES, OperatorSpec, Plan, build_plan, check_function
 from .errors import PipelineError
 from .functions import CollectionSource
@@ -94,6 +100,12 @@ class LocalEnvironment:
         fresh: bool | None = None,
         **unknown: Any,
     ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise PipelineError(
+                f"LocalEnvironment(name={name!r}): expected a non-empty string "
+                "(it names the job in logs, errors and the job's files), such "
+                "as 'sessions'"
+            )
         if unknown:
             raise PipelineError(
                 f"LocalEnvironment({name!r}) got unknown options "
@@ -220,14 +232,43 @@ class LocalEnvironment:
             )
         batch_size = self._check("batch_size", self.batch_size, whole=True, least=1)
         linger = self._check("linger", self.linger, whole=False, least=0)
+        policy = OVERRIDES.get("error_policy") or self.error_policy
+        if policy == "skip":
+            self._check_dead_letter_path()
         return RunOptions(
             checkpoint=self._checkpoint_config(),
             workers=int(workers),
             batch_size=int(batch_size),
             linger=linger,
-            error_policy=OVERRIDES.get("error_policy") or self.error_policy,
+            error_policy=policy,
             dead_letter_path=self.dead_letter_path,
         )
+
+    def _check_dead_letter_path(self) -> None:
+        """The file is made at the first skipped record, in the middle
+        of the job: find out now whether it can be."""
+        path = self.dead_letter_path or default_dead_letter_path(self.name)
+        if not isinstance(path, (str, os.PathLike)):
+            raise PipelineError(
+                f"environment {self.name!r}: dead_letter_path must be a file "
+                f"path, got {type(path).__name__} {path!r}"
+            )
+        folder = os.path.dirname(os.path.abspath(path))
+        problem = None
+        if os.path.isdir(path):
+            problem = "is a directory"
+        elif not os.path.isdir(folder):
+            problem = f"is in {folder!r}, which is not an existing directory"
+        elif not os.access(folder, os.W_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)
+        ):
+            problem = "cannot be written"
+        if problem is not None:
+            raise PipelineError(
+                f"environment {self.name!r}: the dead-letter file {path!r} "
+                f"{problem}; skipped records are appended there, so pass "
+                "dead_letter_path= a writable file path"
+            )
 
     def _check(self, label: str, value: Any, *, whole: bool, least: float) -> Any:
         """``value`` as an int (``whole``) or a float, when it is such a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -239,3 +240,45 @@ def test_a_bad_option_stops_submit_before_any_record_moves(options, message, tmp
     assert message in str(raised.value)
     assert sink.records == []
     assert not list(tmp_path.iterdir())  # Not even a checkpoint store.
+
+
+@pytest.mark.parametrize("name", ["", "  ", None, 5])
+def test_a_job_name_that_is_no_name_is_refused(name):
+    with pytest.raises(PipelineError, match="expected a non-empty string"):
+        LocalEnvironment(name)
+
+
+@pytest.mark.parametrize(("name", "file"), [("a/b", "a_b"), ("..", "job")])
+def test_the_default_dead_letter_file_is_named_fit_for_a_file(name, file, tmp_path):
+    """A job named "a/b" used to fail at its first dead letter, in the
+    middle of the job, looking for a folder "a"."""
+    env = LocalEnvironment(name, workers=1, error_policy="skip")
+    env.from_collection(range(10)).map(lambda n: 1 / (n - 3)).sink(driver_sink())
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = env.submit(autostop=True)
+    finally:
+        os.chdir(cwd)
+    assert result.dead_letter_path == f"{file}.dead-letters.jsonl"
+    assert len((tmp_path / result.dead_letter_path).read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["missing/dead.jsonl", "."])
+def test_a_dead_letter_file_that_cannot_be_made_is_refused_at_submit(where, tmp_path):
+    """It is made at the first skipped record; a bad path used to stop
+    the job there with a bare OSError."""
+    sink = driver_sink()
+    env = LocalEnvironment(
+        "bad-dead-letters",
+        workers=1,
+        error_policy="skip",
+        dead_letter_path=str(tmp_path / where),
+    )
+    env.from_collection(range(10)).map(lambda n: 1 / (n - 3)).sink(sink)
+
+    with pytest.raises(PipelineError, match="the dead-letter file") as raised:
+        env.submit(autostop=True)
+
+    assert "pass dead_letter_path= a writable file path" in str(raised.value)
+    assert sink.records == []
