@@ -90,6 +90,24 @@ def test_bench_refuses_an_unknown_workload() -> None:
     assert "light, heavy" in done.stderr
 
 
+@pytest.mark.parametrize("flag", ["--json", "--chart"])
+def test_bench_refuses_an_output_path_it_could_not_write(flag, tmp_path):
+    """Checked before the runs: writing comes after all of them, and
+    used to fail there with a traceback, the figures unsaved."""
+    for path, says in (
+        (
+            tmp_path / "missing" / "out",
+            f"folder {str(tmp_path / 'missing')!r} does not",
+        ),
+        (tmp_path, "it is a directory"),
+    ):
+        done = run_cli("bench", flag, str(path), "--only", "startup")
+        assert done.returncode == 2
+        assert f"{flag} {str(path)!r}: {says}" in done.stderr
+        assert "pick another path (nothing was run)" in done.stderr
+        assert "| workload |" not in done.stdout
+
+
 def test_bench_chart_without_matplotlib_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
