@@ -30,6 +30,7 @@ What is stored (rules for which attributes are state: :mod:`state`):
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 MANIFEST = "MANIFEST.json"
+#: Held (flock) by the running job that uses the directory.
+LOCK = "LOCK"
 DRIVER_STORE = "driver"
 
 
@@ -685,12 +688,40 @@ def check_directory(directory: str) -> None:
         )
     check_safe(directory)
     has_manifest = os.path.isfile(os.path.join(directory, MANIFEST))
-    if not has_manifest and os.listdir(directory):
+    if not has_manifest and set(os.listdir(directory)) - {LOCK}:
         raise IncompatibleCheckpoint(
             f"{directory!r} is not empty and holds no {MANIFEST}: it is not a "
             "sage_mp checkpoint directory, and sage_mp will not write into "
             "it. Pick an empty or new directory"
         )
+
+
+def lock_directory(directory: str, job: str) -> int:
+    """Make sure no other running job uses ``directory``, and keep it so.
+
+    Two jobs checkpointing into one directory would commit over each
+    other's checkpoints. The lock is an ``flock`` on ``LOCK`` inside
+    it, held through the returned descriptor until that is closed or
+    the process ends, however it ends: no stale lock outlives a killed
+    job. Makes the directory when it is missing.
+    """
+    if not os.path.exists(directory):
+        os.makedirs(directory, mode=0o700)
+    check_directory(directory)
+    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        os.close(fd)
+        raise IncompatibleCheckpoint(
+            f"checkpoint directory {directory!r} is in use by another running "
+            f"job ({holder or 'its holder did not say which'}); wait for it to "
+            "end, or give this job a checkpoint_dir of its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"job {job!r}, pid {os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def open_directory(

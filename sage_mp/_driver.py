@@ -40,6 +40,7 @@ from ._checkpoint import (
     StageState,
     WorkerCheckpointing,
     fingerprint,
+    lock_directory,
     open_directory,
     plain_values,
     purge_uncommitted,
@@ -195,6 +196,8 @@ class Driver:
         self._done: dict[int, dict[str, Any]] = {}
         self._failure: BaseException | None = None
         self._dead_file: Any = None
+        #: The descriptor that holds the checkpoint directory's lock.
+        self._directory_lock: int | None = None
         self._dead_start = 0  # where this run's letters begin in that file
         self._skipped = 0
         self._records = 0
@@ -228,8 +231,19 @@ class Driver:
     def start(self) -> None:
         """Prepare checkpoints and fork the workers, in the calling thread."""
         self.started_at = time.perf_counter()
+        try:
+            self._start()
+        except BaseException:
+            # Nothing may stay behind: forked workers, the checkpoint
+            # store, the directory's lock.
+            self._kill()
+            self._cleanup()
+            raise
+
+    def _start(self) -> None:
         config = self.options.checkpoint
         if config is not None:
+            self._directory_lock = lock_directory(config.directory, self.name)
             manifest = open_directory(config, fingerprint(self.plan), self.name)
             self.coordinator = Coordinator(config, manifest, self.workers)
             self.restore = self.coordinator.restore_point()
@@ -933,6 +947,12 @@ class Driver:
             self._dead_file.close()
         if self.coordinator is not None:
             self.coordinator.close()
+        self._unlock_directory()
+
+    def _unlock_directory(self) -> None:
+        if self._directory_lock is not None:
+            os.close(self._directory_lock)
+            self._directory_lock = None
         with _LIVE_LOCK:
             _LIVE.discard(self)
         self.finished.set()

@@ -26,6 +26,8 @@ from sage_mp import (
     LocalEnvironment,
     MapFunction,
     SinkFunction,
+    SourceFunction,
+    StopSignal,
     WorkerDied,
 )
 from sage_mp._driver import SCAN_ROUTING_ENV
@@ -731,3 +733,49 @@ def test_entries_deleted_for_other_keys_survive_resume(tmp_path):
     run(evs, 1)
     saved = dump_state(str(tmp_path / "ck"), operator="Evicting")
     assert saved["Evicting"]["counts"] == evicting_expected(evs)
+
+
+class Held(SourceFunction):
+    """Gives a record, then nothing until the test's event is set."""
+
+    release = threading.Event()
+
+    def __init__(self):
+        super().__init__()
+        self.sent = 0
+
+    def execute(self):
+        if self.sent == 0:
+            self.sent = 1
+            return {"user": "u1", "value": 1}
+        if not self.release.is_set():
+            return None
+        return StopSignal("released")
+
+
+def test_a_directory_in_use_by_a_running_job_is_refused(tmp_path):
+    """Two jobs in one directory would commit over each other's
+    checkpoints; the second used to run anyway."""
+    directory = str(tmp_path / "ck")
+    Held.release.clear()
+    first = LocalEnvironment("first", workers=1, checkpoint_dir=directory)
+    first.from_source(Held).keyby(lambda r: r["user"]).sink(Drop, parallelism=2)
+    first.submit()
+    try:
+        second = LocalEnvironment("second", workers=1, checkpoint_dir=directory)
+        second.from_source(Held).keyby(lambda r: r["user"]).sink(Drop, parallelism=2)
+        with pytest.raises(IncompatibleCheckpoint) as refused:
+            second.submit(autostop=True)
+        message = str(refused.value)
+        assert f"is in use by another running job (job 'first', pid {os.getpid()})" in (
+            message
+        )
+        assert "give this job a checkpoint_dir of its own" in message
+    finally:
+        Held.release.set()
+        first.wait()
+
+    # Once the first job has ended, the directory is free again.
+    third = LocalEnvironment("first", workers=1, checkpoint_dir=directory)
+    third.from_source(Held).keyby(lambda r: r["user"]).sink(Drop, parallelism=2)
+    assert third.submit(autostop=True).resumed_from is not None
