@@ -947,11 +947,8 @@ class Driver:
             self._dead_file.close()
         if self.coordinator is not None:
             self.coordinator.close()
-        self._unlock_directory()
-
-    def _unlock_directory(self) -> None:
         if self._directory_lock is not None:
-            os.close(self._directory_lock)
+            os.close(self._directory_lock)  # Frees the directory for other jobs.
             self._directory_lock = None
         with _LIVE_LOCK:
             _LIVE.discard(self)
