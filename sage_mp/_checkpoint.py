@@ -721,6 +721,7 @@ def lock_directory(directory: str, job: str) -> int:
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"job {job!r}, pid {os.getpid()}\n".encode(), 0)
+
     return fd
 
 

@@ -750,6 +750,7 @@ class StageInstance:
             except RecordNotPicklable as err:
                 self.current.idx = idx
                 self._on_error(err, key, value)
+
         return out
 
     def _forward(self, message: tuple[Any, ...]) -> None:

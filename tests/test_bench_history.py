@@ -149,6 +149,7 @@ def test_a_figure_well_below_its_recent_median_is_marked(
 def test_only_runs_of_the_same_machine_and_size_are_compared(
     tmp_path: Path, history: Any
 ) -> None:
+    """A slower host or a smaller size gets a table of its own, never a mark."""
     path = write(
         tmp_path / "h.jsonl",
         [
@@ -186,6 +187,7 @@ def test_a_recorded_line_keeps_the_exact_figure_and_goal(
 
 
 def test_the_cli_skips_bad_lines_and_says_which_and_why(tmp_path: Path) -> None:
+    """Each unreadable line is a warning with its line number; the rest show."""
     path = write(
         tmp_path / "h.jsonl",
         [entry(0, 1.8), entry(1, 1.75)],
@@ -220,6 +222,7 @@ def test_the_cli_skips_bad_lines_and_says_which_and_why(tmp_path: Path) -> None:
 
 
 def test_the_cli_says_where_it_looked_when_there_is_no_history(tmp_path: Path) -> None:
+    """A missing file is an error naming it; an empty one says how to record."""
     missing = tmp_path / "none.jsonl"
     done = subprocess.run(
         [sys.executable, "-m", "sage_mp", "bench", "--history", str(missing)],

@@ -481,6 +481,7 @@ def test_stateful_and_plain_functions_fit_more_than_map(workers):
     ],
 )
 def test_operator_options_of_the_wrong_type_are_refused(build, message):
+    """name=3 used to fail later with a TypeError; a bool passed as a count."""
     env = LocalEnvironment("bad-op-option", workers=1)
     with pytest.raises(PipelineError, match="bad-op-option") as raised:
         build(env)

@@ -244,6 +244,7 @@ def test_a_bad_option_stops_submit_before_any_record_moves(options, message, tmp
 
 @pytest.mark.parametrize("name", ["", "  ", None, 5])
 def test_a_job_name_that_is_no_name_is_refused(name):
+    """The name labels logs, errors and files: it must be a real string."""
     with pytest.raises(PipelineError, match="expected a non-empty string"):
         LocalEnvironment(name)
 
