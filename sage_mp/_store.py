@@ -201,6 +201,23 @@ class Store:
 
     # -- reading
 
+    def blobs_to_compact(
+        self, op: str, attr: str, group: int, checkpoint: int
+    ) -> list[bytes] | None:
+        """Copies of the group's blobs when writing ``checkpoint`` will
+        fold them into a base (see :func:`_compaction_due`), else None.
+
+        A writer that merges them ahead of :meth:`write` passes the
+        merged blob as a base, and the write no longer compacts inside
+        its one transaction.
+        """
+        head = _prefix(op, attr) + _GROUP.pack(group)
+        with self.env.begin(buffers=True) as txn:
+            history = self._history(txn, head)
+            if not _compaction_due(group, _deltas_since_base(history), checkpoint):
+                return None
+            return self._values(txn, head)
+
     def group_blobs(
         self, op: str, attr: str, group: int, upto: int
     ) -> list[tuple[int, bytes]]:

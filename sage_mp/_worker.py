@@ -205,8 +205,8 @@ def _loop(
             checkpointer.work(_CAPTURE_SLICE)
             progressed = True
         if all(stage.finished for stage in ordered):
-            if checkpointer is not None and checkpointer.busy():
-                checkpointer.work(None)
+            if checkpointer is not None:
+                checkpointer.finish(_CAPTURE_SLICE)
             return 0
         idle = not messages and not progressed
         if idle and os.getppid() != parent:

@@ -210,3 +210,23 @@ def test_a_target_ratio_just_under_its_goal_never_prints_as_the_goal(
     vs_one = targets["heavy: sage_mp 2w vs sage_mp 1w"]
     assert vs_one["result"] == "PASS"
     assert vs_one["measured"].startswith("1.81x ")
+
+
+@pytest.mark.parametrize("script", ["compaction.py", "incremental.py"])
+def test_checkpoint_cost_scripts_print_their_ratios(script: str) -> None:
+    """The checkpoint-cost scripts run at a tiny size and print ratios."""
+    sizes = {
+        "compaction.py": ["--keys", "2000", "--rounds", "300", "--interval", "0.02"],
+        "incremental.py": ["--small", "1000", "--large", "10000", "--events", "50000"],
+    }
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *sizes[script]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "x |" in done.stdout, done.stdout

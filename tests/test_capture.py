@@ -10,12 +10,21 @@ restored dict must be the one at the barrier.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from sage_mp import StatefulFunction
-from sage_mp._checkpoint import RestorePoint, StageState, merge_blobs
+from sage_mp import _checkpoint as checkpoints
+from sage_mp._checkpoint import (
+    RestorePoint,
+    StageState,
+    WorkerCheckpointer,
+    WorkerCheckpointing,
+    merge_blobs,
+)
 from sage_mp._partition import KEY_GROUPS
-from sage_mp._store import Store
+from sage_mp._store import BASE, COMPACT_AFTER, Store
 
 
 class Holder(StatefulFunction):
@@ -151,3 +160,63 @@ def test_restored_dicts_keep_their_order(store):
         assert back == fn.state, ident
         if ident > 2:  # the checkpoint that noticed the evictions was a delta
             assert list(back) == list(fn.state), ident
+
+
+class OneStage:
+    """The parts of a worker's stage instance that its checkpointer
+    reads: one keyed operator ``op`` running ``fn``."""
+
+    index = 0
+    keyed_input = True
+
+    def __init__(self, fn: Holder) -> None:
+        self.functions = [(SimpleNamespace(name="op"), fn)]
+        self.tracker: StageState | None = None
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {}
+
+
+def test_groups_are_compacted_in_slices_before_the_write(tmp_path, monkeypatch):
+    """Due groups merge in capture slices, none in the write; the store stays exact."""
+    merged_in_write = []
+
+    def counting_merge(blobs):
+        merged_in_write.append(len(blobs))
+        return merge_blobs(blobs)
+
+    monkeypatch.setattr(checkpoints, "merge_blobs", counting_merge)
+    fn = Holder()
+    stage = OneStage(fn)
+    worker = WorkerCheckpointer(WorkerCheckpointing(str(tmp_path), None, 0), 0, 1)
+    acks = []
+    worker.attach({0: stage}, lambda dest, message: acks.append(message))
+    keys = [f"k{n}" for n in range(400)]
+    try:
+        for ident in range(1, 3 * COMPACT_AFTER + 1):
+            for key in keys:
+                process(
+                    stage.tracker, fn, key, lambda s, k=key, v=ident: s.update({k: v})
+                )
+            worker.on_barrier(stage, ident)
+            while worker.busy():
+                worker.work(0.001)
+            worker.on_commit(ident, ident)
+        back = restored(worker.store, 3 * COMPACT_AFTER)
+        blobs = [
+            worker.store.group_blobs("op", "state", group, 3 * COMPACT_AFTER)
+            for group in range(KEY_GROUPS)
+        ]
+    finally:
+        worker.close()
+
+    assert [message[1] for message in acks] == list(range(1, 3 * COMPACT_AFTER + 1))
+    assert all("error" not in message[2] for message in acks)
+    assert merged_in_write == []
+    assert back == fn.state == dict.fromkeys(keys, 3 * COMPACT_AFTER)
+    held = [group for group in blobs if group]
+    assert held and max(len(group) for group in held) <= 2 * COMPACT_AFTER + 1
+    # Bases written after the first checkpoint are compactions.
+    assert any(
+        ident > 1 and blob[:1] == BASE for group in held for ident, blob in group
+    )
