@@ -1104,11 +1104,12 @@ class WorkerCheckpointer:
         return self.capturing is not None
 
     def work(self, budget: float | None) -> None:
-        """Do up to ``budget`` seconds of capture work; write when done.
+        """Do up to ``budget`` seconds of capture work (None: all of
+        it); write when done.
 
-        The worker loop calls this between ticks, and with no budget
-        when it has nothing else to do, so the capture never pauses
-        the stream for long and never delays it when the worker idles.
+        The worker loop calls this between ticks, and polls instead of
+        sleeping while it lasts, so the capture never pauses the stream
+        for long and never waits while the worker idles.
         """
         checkpoint = self.capturing
         if checkpoint is None:
