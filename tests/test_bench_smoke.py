@@ -216,7 +216,7 @@ def test_a_target_ratio_just_under_its_goal_never_prints_as_the_goal(
 def test_checkpoint_cost_scripts_print_their_ratios(script: str) -> None:
     """The checkpoint-cost scripts run at a tiny size and print ratios."""
     sizes = {
-        "compaction.py": ["--keys", "2000", "--rounds", "300", "--interval", "0.02"],
+        "compaction.py": ["--keys", "2000", "--rounds", "400", "--interval", "0.01"],
         "incremental.py": ["--small", "1000", "--large", "10000", "--events", "50000"],
     }
     done = subprocess.run(
