@@ -94,7 +94,8 @@ def main() -> None:
     print(f"| per worker | checkpoints 2-{LAST_BEFORE} | compacting | ratio |")
     print("| --- | --- | --- | --- |")
     for label, early, late in rows:
-        print(f"| {label} | {early:.1f} ms | {late:.1f} ms | {late / early:.2f}x |")
+        ratio = late / early if early else float("nan")
+        print(f"| {label} | {early:.1f} ms | {late:.1f} ms | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
