@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
 import pstats
 import sys
 from collections.abc import Collection
 from pathlib import Path
 
+from ._driver import unwritable_file
 from .cli import _positive_float, _positive_int
 
 __all__ = ["WORKLOADS", "add_arguments", "find_suite", "main", "profile_report"]
@@ -158,8 +158,10 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # The outputs are written after every run, when a bad path would
+    # waste them all.
     for flag, path in (("--json", args.json), ("--chart", args.chart)):
-        problem = _unwritable(path) if path else None
+        problem = unwritable_file(path) if path else None
         if problem:
             print(
                 f"sage_mp bench: {flag} {path!r}: {problem}; pick another path "
@@ -181,19 +183,6 @@ def main(args: argparse.Namespace) -> int:
         return _show_history(Path(args.history or suite / "history.jsonl"))
     harness = importlib.import_module("harness")
     return int(harness.run_suite(args, suite))
-
-
-def _unwritable(path: str) -> str | None:
-    """Why ``path`` cannot be written as a file, or None: the outputs are
-    written after every run, when a bad path would waste them all."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        return "it is a directory"
-    if not os.path.isdir(folder):
-        return f"folder {folder!r} does not exist"
-    if not os.access(folder, os.W_OK):
-        return f"folder {folder!r} is not writable"
-    return None
 
 
 def _show_history(path: Path) -> int:

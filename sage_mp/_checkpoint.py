@@ -737,11 +737,12 @@ def lock_directory(directory: str, job: str) -> int:
 def open_directory(
     config: CheckpointConfig, fingerprint: list[list[str]], job: str
 ) -> Manifest:
-    """Create, wipe (fresh) or check the directory; return its manifest."""
+    """Wipe the directory (fresh) or check its manifest; return that.
+
+    Comes after :func:`lock_directory`, which makes the directory and
+    checks that it is a checkpoint directory.
+    """
     directory = config.directory
-    if not os.path.exists(directory):
-        os.makedirs(directory, mode=0o700)
-    check_directory(directory)
     has_manifest = os.path.isfile(os.path.join(directory, MANIFEST))
     if has_manifest and config.fresh:
         _wipe(directory)

@@ -1179,6 +1179,20 @@ def file_stem(job: str) -> str:
     return "job" if stem.strip(".") == "" else stem
 
 
+def unwritable_file(path: str) -> str | None:
+    """Why a file cannot be written at ``path``, or None when it can."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "it is a directory"
+    if not os.path.isdir(folder):
+        return f"folder {folder!r} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"folder {folder!r} is not writable"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "the file is not writable"
+    return None
+
+
 def default_dead_letter_path(job: str) -> str:
     """Where a job's skipped records go unless it says otherwise."""
     return f"{file_stem(job)}.dead-letters.jsonl"

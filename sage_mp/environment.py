@@ -21,6 +21,7 @@ from ._driver import (
     JobResult,
     RunOptions,
     default_dead_letter_path,
+    unwritable_file,
     usable_cores,
 )
 from ._plan import STRATEGIES, OperatorSpec, Plan, build_plan, check_function
@@ -253,21 +254,12 @@ class LocalEnvironment:
                 f"environment {self.name!r}: dead_letter_path must be a file "
                 f"path, got {type(path).__name__} {path!r}"
             )
-        folder = os.path.dirname(os.path.abspath(path))
-        problem = None
-        if os.path.isdir(path):
-            problem = "is a directory"
-        elif not os.path.isdir(folder):
-            problem = f"is in {folder!r}, which is not an existing directory"
-        elif not os.access(folder, os.W_OK) or (
-            os.path.exists(path) and not os.access(path, os.W_OK)
-        ):
-            problem = "cannot be written"
+        problem = unwritable_file(os.fspath(path))
         if problem is not None:
             raise PipelineError(
                 f"environment {self.name!r}: the dead-letter file {path!r} "
-                f"{problem}; skipped records are appended there, so pass "
-                "dead_letter_path= a writable file path"
+                f"cannot be used: {problem}; skipped records are appended "
+                "there, so pass dead_letter_path= a writable file path"
             )
 
     def _check(self, label: str, value: Any, *, whole: bool, least: float) -> Any:

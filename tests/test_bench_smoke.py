@@ -22,8 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_cli(
     *args: str, cwd: Path = ROOT, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
+    return run_python("-m", "sage_mp", *args, cwd=cwd, timeout=timeout)
+
+
+def run_python(
+    *args: str, cwd: Path = ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sage_mp", *args],
+        [sys.executable, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -219,14 +225,7 @@ def test_checkpoint_cost_scripts_print_their_ratios(script: str) -> None:
         "compaction.py": ["--keys", "2000", "--rounds", "400", "--interval", "0.01"],
         "incremental.py": ["--small", "1000", "--large", "10000", "--events", "50000"],
     }
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *sizes[script]],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_python(str(ROOT / "benchmarks" / script), *sizes[script])
 
     assert done.returncode == 0, done.stderr
     assert "x |" in done.stdout, done.stdout
